@@ -1,0 +1,1 @@
+"""CapFilt data curation for vision-language pretraining: the library (no orchestration)."""

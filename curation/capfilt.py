@@ -1,0 +1,205 @@
+"""The CapFilt stage (BLIP, Li et al. 2022, arXiv 2201.12086, sec. 3.3).
+
+For every downloaded image: the captioner samples K synthetic captions (nucleus sampling), the
+filter scores the web text and each synthetic caption (ITM match probability, ITC similarity),
+texts below the ITM threshold are dropped, and an image left with no text is rejected.
+
+Decoding and preprocessing run in DataLoader worker processes, `prefetch_batches` ahead of the
+models, so the models never wait on Python image code.
+"""
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from curation import schema
+from curation.config import CapFiltConfig
+from curation.images import decode_image
+from curation.models import Captioner, Filter, preprocess
+
+
+@dataclass
+class Batch:
+    rows: list[int]  # positions in the shard's RAW table of the images that decoded
+    captioner_pixels: torch.Tensor | None  # [B, 3, H, W]
+    filter_pixels: torch.Tensor | None  # [B, 3, H', W'] (the same tensor when configs agree)
+    sizes: list[tuple[int, int]]  # (width, height) of each upright image
+    rejects: list[tuple[int, str, str]] = field(default_factory=list)  # (row, reason, detail)
+
+
+class _DecodeDataset(Dataset):
+    """Row i of the shard -> decoded image or reject; runs inside DataLoader workers."""
+
+    def __init__(self, images: list[bytes], cfg: CapFiltConfig):
+        self.images, self.cfg = images, cfg
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        cfg = self.cfg
+        return i, decode_image(self.images[i], cfg.min_image_side, cfg.max_image_pixels)
+
+
+class _Collate:
+    def __init__(self, captioner_processor, filter_processor, shared: bool):
+        self.captioner_processor, self.filter_processor = captioner_processor, filter_processor
+        self.shared = shared
+
+    def __call__(self, items) -> Batch:
+        good = [(i, d.image) for i, d in items if d.image is not None]
+        rejects = [(i, d.reason, d.detail) for i, d in items if d.image is None]
+        if not good:
+            return Batch([], None, None, [], rejects)
+        rows, images = zip(*good, strict=True)
+        filter_pixels = preprocess(self.filter_processor, list(images))
+        captioner_pixels = (
+            filter_pixels if self.shared else preprocess(self.captioner_processor, list(images))
+        )
+        sizes = [im.size for im in images]
+        return Batch(list(rows), captioner_pixels, filter_pixels, sizes, rejects)
+
+
+def batches(images: list[bytes], captioner: Captioner, filt: Filter, cfg: CapFiltConfig):
+    """Decoded, preprocessed batches, produced ahead of the models by worker processes."""
+    shared = captioner.image_config() == filt.image_config()
+    loader = DataLoader(
+        _DecodeDataset(images, cfg),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        prefetch_factor=cfg.prefetch_batches if cfg.num_workers else None,
+        collate_fn=_Collate(captioner.processor, filt.processor, shared),
+    )
+    return iter(loader)
+
+
+def batch_seed(seed: int, sample_ids: list[int]) -> int:
+    """Sampling seed from the run seed and the batch's samples, not from its position."""
+    digest = hashlib.blake2b(repr((seed, sample_ids)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF
+
+
+def candidate_texts(web_text: str | None, captions: list[str]) -> list[tuple[str, str]]:
+    """(text, source) pairs to score; an empty web text describes nothing and is not scored."""
+    web = [(web_text.strip(), "web")] if web_text and web_text.strip() else []
+    return web + [(c, "synthetic") for c in captions]
+
+
+def judge(candidates: list[dict], threshold: float) -> tuple[list[dict], dict | None]:
+    """Mark each candidate kept or not; return them and the chosen caption (best ITM) or None.
+
+    A stage in DESIGN.md's sense: no I/O, a decision per row.
+    """
+    for c in candidates:
+        c["kept"] = c["itm"] >= threshold
+    kept = [c for c in candidates if c["kept"]]
+    # Ties go to the web text: it came with the image, a synthetic caption did not.
+    best = max(kept, key=lambda c: (c["itm"], c["source"] == "web"), default=None)
+    return candidates, best
+
+
+@dataclass
+class ShardResult:
+    curated: list[dict]
+    rejects: list[dict]
+    images: int = 0  # images that reached the models
+    model_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+def _score_batch(batch: Batch, texts_in: list, captioner, filt, cfg, sample_ids) -> list:
+    seed = batch_seed(cfg.seed, sample_ids)
+    captions = (
+        captioner.generate(
+            batch.captioner_pixels,
+            cfg.num_captions,
+            cfg.prompt,
+            cfg.top_p,
+            cfg.min_new_tokens,
+            cfg.max_new_tokens,
+            seed,
+        )
+        if cfg.num_captions
+        else [[] for _ in batch.rows]
+    )
+    pairs = [candidate_texts(w, c) for w, c in zip(texts_in, captions, strict=True)]
+    itm, itc = filt.score(batch.filter_pixels, [[t for t, _ in p] for p in pairs])
+    return [
+        [
+            {"text": t, "source": s, "itm": float(m), "itc": float(c)}
+            for (t, s), m, c in zip(p, itm_i, itc_i, strict=True)
+        ]
+        for p, itm_i, itc_i in zip(pairs, itm, itc, strict=True)
+    ]
+
+
+def _reject(row: dict, stage: str, reason: str, detail: str | None, shard: int, cands=None):
+    return {
+        "sample_id": row["sample_id"], "url": row["url"], "web_text": row["web_text"],
+        "stage": stage, "reason": reason, "detail": detail, "candidates": cands, "shard": shard,
+    }  # fmt: skip
+
+
+def _curated(row: dict, cands: list, best: dict, size: tuple, shard: int) -> dict:
+    return {
+        "sample_id": row["sample_id"], "key": schema.sample_key(row["sample_id"]),
+        "url": row["url"], "web_text": row["web_text"], "candidates": cands,
+        "caption": best["text"], "caption_source": best["source"], "caption_itm": best["itm"],
+        "image": row["image"], "width": size[0], "height": size[1],
+        "sha256": hashlib.sha256(row["image"]).hexdigest(), "shard": shard,
+    }  # fmt: skip
+
+
+def download_rejects(raw: pa.Table, shard: int) -> list[dict]:
+    """Rows the download stage could not deliver, as rejects (reason = their status)."""
+    failed = raw.filter(pc.not_equal(raw["status"], "success")).to_pylist()
+    return [_reject(r, "download", r["status"], r["error"], shard) for r in failed]
+
+
+def capfilt_shard(
+    raw: pa.Table, captioner: Captioner, filt: Filter, cfg: CapFiltConfig, shard: int, progress=None
+) -> ShardResult:
+    """Run CapFilt over one downloaded shard (`schema.RAW`); every row ends curated or rejected.
+
+    `progress(n)` is called after each batch with the number of images it held.
+    """
+    start = time.perf_counter()
+    result = ShardResult([], download_rejects(raw, shard))
+    rows = raw.filter(pc.equal(raw["status"], "success")).to_pylist()
+    for batch in batches([r["image"] for r in rows], captioner, filt, cfg):
+        for i, reason, detail in batch.rejects:
+            result.rejects.append(_reject(rows[i], "decode", reason, detail, shard))
+        if batch.rows:
+            picked = [rows[i] for i in batch.rows]
+            t0 = time.perf_counter()
+            scored = _score_batch(
+                batch, [r["web_text"] for r in picked], captioner, filt, cfg,
+                [r["sample_id"] for r in picked],
+            )  # fmt: skip
+            result.model_seconds += time.perf_counter() - t0
+            result.images += len(picked)
+            for row, cands, size in zip(picked, scored, batch.sizes, strict=True):
+                cands, best = judge(cands, cfg.itm_threshold)
+                if best is None:
+                    detail = f"no text reached ITM {cfg.itm_threshold} of {len(cands)} scored"
+                    result.rejects.append(
+                        _reject(row, "capfilt", "no_matching_text", detail, shard, cands)
+                    )
+                else:
+                    result.curated.append(_curated(row, cands, best, size, shard))
+        if progress:
+            progress(len(batch.rows) + len(batch.rejects))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def to_tables(result: ShardResult) -> tuple[pa.Table, pa.Table]:
+    """The shard's curated rows and rejects as Arrow tables of the declared schemas."""
+    curated = pa.Table.from_pylist(result.curated, schema=schema.CURATED)
+    rejects = pa.Table.from_pylist(result.rejects, schema=schema.REJECTS)
+    return curated, rejects

@@ -1,0 +1,122 @@
+"""Typed configuration: one dataclass per stage, loaded from TOML.
+
+Every threshold lives here with its default and the reason for it; nothing is inlined in the
+stages. A TOML file overrides any subset: ``[capfilt] itm_threshold = 0.6``. Presets ship in
+``data/presets/NAME.toml`` and are loaded by name.
+"""
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "data" / "presets"
+
+CAPTIONER_DEFAULT = "Salesforce/blip-image-captioning-large"
+FILTER_DEFAULT = "Salesforce/blip-itm-large-coco"
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the message names it in one line."""
+
+
+@dataclass
+class ShardingConfig:
+    shard_size: int = 1000  # input rows per shard: one download task and one CapFilt task each
+
+
+@dataclass
+class DownloadConfig:
+    timeout: int = 10  # seconds per request (img2dataset's default)
+    retries: int = 0  # a retry rarely rescues a dead web URL and doubles the time spent on it
+    thread_count: int = 32  # concurrent requests per shard; downloads are I/O bound
+    allow_private_network: bool = False  # refuse loopback/private/link-local targets (SSRF)
+
+
+@dataclass
+class CapFiltConfig:
+    captioner: str = CAPTIONER_DEFAULT  # hub id or local folder (save_pretrained)
+    filter: str = FILTER_DEFAULT
+    # Synthetic captions per image. BLIP sampled 1; BLIP-2 sampled 10 and kept the best 2.
+    # 3 gives the filter a choice at 3x the decoding cost of 1 (README, "Choosing K").
+    num_captions: int = 3
+    prompt: str = "a picture of"  # BLIP's captioning prompt
+    top_p: float = 0.9  # nucleus sampling: more diverse than beam search (BLIP, sec. 4.3)
+    min_new_tokens: int = 5
+    max_new_tokens: int = 30
+    itm_threshold: float = 0.5  # BLIP's filter keeps texts with ITM probability >= 0.5
+    batch_size: int = 32  # images per model call
+    num_workers: int = 1  # DataLoader processes that decode and preprocess ahead of the model
+    prefetch_batches: int = 4  # batches each worker keeps ready
+    min_image_side: int = 8  # smaller images are tracking pixels or icons, not training data
+    max_image_pixels: int = 89_478_485  # Pillow's decompression-bomb limit
+    seed: int = 0  # caption sampling seed
+
+
+@dataclass
+class RunConfig:
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    capfilt: CapFiltConfig = field(default_factory=CapFiltConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _apply(section_obj, values: dict, section: str) -> None:
+    known = {f.name: f for f in dataclasses.fields(section_obj)}
+    for name, value in values.items():
+        if name not in known:
+            raise ConfigError(f"unknown setting [{section}] {name} (known: {', '.join(known)})")
+        expected = type(getattr(section_obj, name))
+        if expected is float and type(value) is int:
+            value = float(value)
+        if type(value) is not expected:
+            raise ConfigError(f"[{section}] {name} must be {expected.__name__}, got {value!r}")
+        setattr(section_obj, name, value)
+
+
+def from_dict(values: dict) -> RunConfig:
+    """Build a RunConfig from nested dicts, refusing unknown sections, keys and wrong types."""
+    config = RunConfig()
+    sections = {f.name for f in dataclasses.fields(config)}
+    for section, section_values in values.items():
+        if section not in sections or not isinstance(section_values, dict):
+            raise ConfigError(f"unknown config section [{section}] (known: {', '.join(sections)})")
+        _apply(getattr(config, section), section_values, section)
+    validate(config)
+    return config
+
+
+def load(path: str | Path | None) -> RunConfig:
+    """Load a TOML file, or a preset name from data/presets; None gives the defaults."""
+    if path is None:
+        return RunConfig()
+    file = Path(path)
+    if not file.exists() and (PRESET_DIR / f"{path}.toml").exists():
+        file = PRESET_DIR / f"{path}.toml"
+    try:
+        values = tomllib.loads(file.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"bad TOML in {path}: {err}") from None
+    return from_dict(values)
+
+
+def validate(config: RunConfig) -> None:
+    """Reject values that would make a run meaningless, before any work starts."""
+    c = config.capfilt
+    checks = [
+        (config.sharding.shard_size >= 1, "[sharding] shard_size must be >= 1"),
+        (c.num_captions >= 0, "[capfilt] num_captions must be >= 0"),
+        (0.0 < c.top_p <= 1.0, "[capfilt] top_p must be in (0, 1]"),
+        (0.0 <= c.itm_threshold <= 1.0, "[capfilt] itm_threshold must be in [0, 1]"),
+        (c.batch_size >= 1, "[capfilt] batch_size must be >= 1"),
+        (c.num_workers >= 0, "[capfilt] num_workers must be >= 0"),
+        (c.min_new_tokens <= c.max_new_tokens, "[capfilt] min_new_tokens > max_new_tokens"),
+        (config.download.timeout > 0, "[download] timeout must be > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

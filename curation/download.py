@@ -1,0 +1,140 @@
+"""Download stage: img2dataset fetches each shard; every input row leaves with a status.
+
+URLs are checked first: only http(s), and hosts that resolve to loopback, private, link-local,
+reserved or cloud-metadata addresses are refused unless the run allows the private network, so a
+hostile URL list cannot make a curation server reach its internal network.
+
+img2dataset runs in a child process: it starts its own process pool and prints its own progress,
+neither of which belongs in the orchestrator's process.
+"""
+
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curation import schema
+from curation.config import DownloadConfig
+
+_IMG2DATASET = (
+    "import json, sys; from img2dataset import download; download(**json.loads(sys.argv[1]))"
+)
+
+
+@lru_cache(maxsize=4096)
+def _resolve(host: str) -> tuple[str, ...]:
+    return tuple(sorted({info[4][0] for info in socket.getaddrinfo(host, None)}))
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    return ip.is_global and not ip.is_multicast
+
+
+def check_url(url: str | None, allow_private_network: bool) -> tuple[str, str] | None:
+    """None when the URL may be fetched, else (reason, detail) for the rejects table."""
+    try:
+        parts = urlsplit(url or "")
+        host = parts.hostname
+        parts.port  # noqa: B018 -- raises ValueError on a malformed port
+    except ValueError as err:
+        return "invalid_url", f"malformed URL: {err}"
+    if parts.scheme not in ("http", "https") or not host:
+        return "invalid_url", f"only http(s) URLs with a host are fetched, got {url!r:.200}"
+    if allow_private_network:
+        return None
+    try:
+        addresses = _resolve(host)
+    except (socket.gaierror, UnicodeError) as err:
+        return "download_failed", f"cannot resolve {host}: {err}"
+    blocked = [a for a in addresses if not _is_public(a)]
+    if blocked:
+        return "blocked_address", f"{host} resolves to non-public {blocked[0]}"
+    return None
+
+
+def _refusals(table: pa.Table, allow_private: bool) -> dict[int, tuple[str, str]]:
+    ids = table["sample_id"].to_pylist()
+    urls = table["url"].to_pylist()
+    checks = {i: check_url(u, allow_private) for i, u in zip(ids, urls, strict=True)}
+    return {i: c for i, c in checks.items() if c is not None}
+
+
+def _run_img2dataset(urls: pa.Table, work: Path, cfg: DownloadConfig) -> pa.Table:
+    """Fetch `urls` (sample_id, url, web_text) and return img2dataset's rows (one per URL)."""
+    pq.write_table(urls, work / "urls.parquet")
+    args = dict(
+        url_list=str(work / "urls.parquet"),
+        input_format="parquet",
+        url_col="url",
+        caption_col="web_text",
+        save_additional_columns=["sample_id"],
+        output_format="parquet",
+        output_folder=str(work / "out"),
+        processes_count=1,
+        thread_count=cfg.thread_count,
+        number_sample_per_shard=max(len(urls), 1),
+        timeout=cfg.timeout,
+        retries=cfg.retries,
+        disable_all_reencoding=True,  # keep the served bytes; we decode with Pillow ourselves
+        compute_hash="sha256",
+        enable_wandb=False,
+        incremental_mode="overwrite",
+    )
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    with open(work / "img2dataset.log", "w") as log:
+        done = subprocess.run(
+            [sys.executable, "-c", _IMG2DATASET, json.dumps(args)], stdout=log, stderr=log, env=env
+        )
+    if done.returncode != 0:
+        tail = (work / "img2dataset.log").read_text()[-2000:]
+        raise RuntimeError(f"img2dataset failed (exit {done.returncode}):\n{tail}")
+    files = sorted((work / "out").glob("*.parquet"))
+    return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+
+
+def _raw_rows(table: pa.Table, fetched: pa.Table | None, refused: dict) -> pa.Table:
+    """Join img2dataset's output back to the input rows; a row it lost is a failure too."""
+    by_id = {}
+    if fetched is not None:
+        cols = fetched.select(["sample_id", "status", "error_message", "jpg"]).to_pylist()
+        by_id = {r["sample_id"]: r for r in cols}
+    status, error, image = [], [], []
+    for sample_id in table["sample_id"].to_pylist():
+        got = by_id.get(sample_id)
+        if sample_id in refused:
+            reason, detail = refused[sample_id]
+            row = (reason, detail, None)
+        elif got is None:
+            row = ("download_failed", "missing from the downloader's output", None)
+        elif got["status"] == "success":
+            row = ("success", None, got["jpg"])
+        else:
+            row = ("download_failed", got["error_message"] or got["status"], None)
+        for column, value in zip((status, error, image), row, strict=True):
+            column.append(value)
+    extra = {"status": status, "error": error, "image": pa.array(image, pa.binary())}
+    return pa.table({**{n: table[n] for n in table.column_names}, **extra})
+
+
+def download_shard(table: pa.Table, cfg: DownloadConfig) -> pa.Table:
+    """Download one input shard (`schema.INPUT`) and return `schema.RAW`, one row per input."""
+    refused = _refusals(table, cfg.allow_private_network)
+    allowed = table.filter(
+        pc.invert(pc.is_in(table["sample_id"], pa.array(list(refused), pa.int64())))
+    )
+    fetched = None
+    if len(allowed):
+        with tempfile.TemporaryDirectory(prefix="curate-dl-") as work:
+            fetched = _run_img2dataset(allowed, Path(work), cfg)
+    return _raw_rows(table, fetched, refused).cast(schema.RAW)

@@ -1,0 +1,44 @@
+"""Atomic Parquet writes and completion markers (datatrove's `completions/`, img2dataset's
+incremental mode): a crash leaves no half-written file under a final name, and a rerun skips
+every shard whose marker exists."""
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def shard_name(shard: int) -> str:
+    return f"{shard:05d}"
+
+
+def write_parquet(table: pa.Table, path: Path, table_schema: pa.Schema) -> None:
+    """Write `table` cast to `table_schema` under a temporary name, then rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table.select(table_schema.names).cast(table_schema), tmp)
+    os.replace(tmp, path)
+
+
+def write_json(data: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def marker_path(run_dir: Path, stage: str, shard: int) -> Path:
+    return Path(run_dir) / "_done" / stage / f"{shard_name(shard)}.json"
+
+
+def read_marker(run_dir: Path, stage: str, shard: int) -> dict | None:
+    """The stage's summary for `shard` if it completed, else None."""
+    path = marker_path(run_dir, stage, shard)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_marker(run_dir: Path, stage: str, shard: int, summary: dict) -> None:
+    """Written last, after every output of the stage is in place."""
+    write_json(summary, marker_path(run_dir, stage, shard))

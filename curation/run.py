@@ -1,0 +1,143 @@
+"""A curation run on disk: the per-shard steps the flow calls, one function each.
+
+Layout of RUN_DIR (deterministic paths, so a rerun finds what is done):
+    run.json                 what the run is (URL list fingerprint, configuration)
+    input/00000.parquet      the URL list cut into shards (schema.INPUT)
+    raw/00000.parquet        download results, one row per input row (schema.RAW)
+    shards/00000.parquet     curated rows (schema.CURATED)
+    rejects/00000.parquet    every input row that did not make it (schema.REJECTS)
+    _done/<step>/00000.json  completion marker with the step's counts and timings
+    manifest.json            configuration, versions, counts per stage and reason, timings
+"""
+
+import hashlib
+import json
+import time
+from collections import Counter
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from curation import capfilt, download, io, models, schema, urls
+from curation.config import RunConfig, from_dict
+
+
+class RunDirError(ValueError):
+    """RUN_DIR already holds a different run."""
+
+
+def _fingerprint(urls_path: Path, url_col: str, caption_col: str | None, cfg: RunConfig) -> str:
+    digest = hashlib.sha256(Path(urls_path).read_bytes())
+    digest.update(json.dumps([url_col, caption_col, cfg.to_dict()], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def prepare(
+    run_dir: Path, urls_path: Path, url_col: str, caption_col: str | None, cfg: RunConfig
+) -> list[int]:
+    """Validate the URL list, cut it into input shards (once) and return the shard numbers."""
+    run_dir = Path(run_dir)
+    fingerprint = _fingerprint(urls_path, url_col, caption_col, cfg)
+    run_file = run_dir / "run.json"
+    if run_file.exists():
+        known = json.loads(run_file.read_text())
+        if known["fingerprint"] != fingerprint:
+            raise RunDirError(
+                f"{run_dir} holds a run of another URL list or configuration; use a new --out"
+            )
+        return list(range(known["shards"]))
+    table = urls.read_url_list(urls_path, url_col, caption_col)
+    parts = urls.split_shards(table, cfg.sharding.shard_size)
+    for shard, part in enumerate(parts):
+        io.write_parquet(part, input_path(run_dir, shard), schema.INPUT)
+    io.write_json(
+        {"fingerprint": fingerprint, "urls": str(urls_path), "url_col": url_col,
+         "caption_col": caption_col, "rows": len(table), "shards": len(parts),
+         "config": cfg.to_dict()},
+        run_file,
+    )  # fmt: skip
+    return list(range(len(parts)))
+
+
+def input_path(run_dir: Path, shard: int) -> Path:
+    return Path(run_dir) / "input" / f"{io.shard_name(shard)}.parquet"
+
+
+def output_path(run_dir: Path, kind: str, shard: int) -> Path:
+    return Path(run_dir) / kind / f"{io.shard_name(shard)}.parquet"
+
+
+def download_step(run_dir: Path, shard: int, cfg: RunConfig) -> dict:
+    """Download one shard into raw/, unless its marker says it is done."""
+    done = io.read_marker(run_dir, "download", shard)
+    if done is not None:
+        return done
+    started = time.perf_counter()
+    raw = download.download_shard(pq.read_table(input_path(run_dir, shard)), cfg.download)
+    io.write_parquet(raw, output_path(run_dir, "raw", shard), schema.RAW)
+    summary = {
+        "rows": len(raw), "status": dict(Counter(raw["status"].to_pylist())),
+        "seconds": time.perf_counter() - started,
+    }  # fmt: skip
+    io.write_marker(run_dir, "download", shard, summary)
+    return summary
+
+
+@lru_cache(maxsize=2)
+def load_models(captioner_id: str, filter_id: str):
+    """Each model once per process, whatever the number of shards."""
+    device, dtype = models.pick_device()
+    captioner = models.load_captioner(captioner_id, device, dtype)
+    filt = models.load_filter(filter_id, device, dtype)
+    return captioner, filt
+
+
+def capfilt_step(run_dir: Path, shard: int, cfg: RunConfig, progress=None) -> dict:
+    """CapFilt one downloaded shard into shards/ and rejects/, unless already done."""
+    done = io.read_marker(run_dir, "capfilt", shard)
+    if done is not None:
+        return done
+    captioner, filt = load_models(cfg.capfilt.captioner, cfg.capfilt.filter)
+    raw = pq.read_table(output_path(run_dir, "raw", shard))
+    result = capfilt.capfilt_shard(raw, captioner, filt, cfg.capfilt, shard, progress)
+    curated, rejects = capfilt.to_tables(result)
+    io.write_parquet(curated, output_path(run_dir, "shards", shard), schema.CURATED)
+    io.write_parquet(rejects, output_path(run_dir, "rejects", shard), schema.REJECTS)
+    summary = {
+        "rows": len(raw), "curated": len(curated),
+        "rejects": dict(Counter(rejects["reason"].to_pylist())),
+        "images": result.images, "seconds": result.seconds, "model_seconds": result.model_seconds,
+    }  # fmt: skip
+    io.write_marker(run_dir, "capfilt", shard, summary)
+    return summary
+
+
+def versions() -> dict:
+    names = ["torch", "transformers", "img2dataset", "prefect", "duckdb", "pyarrow", "pillow"]
+    return {n: metadata.version(n) for n in names}
+
+
+def write_manifest(run_dir: Path, cfg: RunConfig, timings: dict) -> dict:
+    """Sum the per-shard markers into RUN_DIR/manifest.json; inputs = curated + rejected."""
+    run = json.loads((Path(run_dir) / "run.json").read_text())
+    steps = [io.read_marker(run_dir, "capfilt", s) for s in range(run["shards"])]
+    rejects = sum((Counter(s["rejects"]) for s in steps), Counter())
+    counts = {
+        "input": run["rows"],
+        "curated": sum(s["curated"] for s in steps),
+        "rejected": sum(rejects.values()),
+        "rejects_by_reason": dict(sorted(rejects.items())),
+    }
+    manifest = {
+        "urls": run["urls"], "shards": run["shards"], "config": cfg.to_dict(),
+        "models": {"captioner": cfg.capfilt.captioner, "filter": cfg.capfilt.filter},
+        "versions": versions(), "counts": counts, "timings": timings,
+    }  # fmt: skip
+    io.write_json(manifest, Path(run_dir) / "manifest.json")
+    return manifest
+
+
+def config_of(run_dir: Path) -> RunConfig:
+    return from_dict(json.loads((Path(run_dir) / "run.json").read_text())["config"])

@@ -1,0 +1,92 @@
+"""Every Parquet table the pipeline writes, declared once.
+
+Writers pass these schemas explicitly (``pq.write_table(table.cast(SCHEMA))``) so a column
+can never drift in type or name between shards, runs or versions. See DESIGN.md, "Data
+contracts": every input row ends in exactly one place, a curated shard or the rejects table.
+"""
+
+import pyarrow as pa
+
+# One row of the user's URL list after normalisation; `sample_id` is the row's position in
+# the list, the key that follows the row through every stage.
+INPUT = pa.schema(
+    [
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("web_text", pa.string()),
+    ]
+)
+
+# What the download stage knows about every input row (img2dataset's status, or our refusal).
+RAW = pa.schema(
+    [
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("web_text", pa.string()),
+        pa.field("status", pa.string()),  # "success" or a failure kind
+        pa.field("error", pa.string()),
+        pa.field("image", pa.binary()),  # original bytes as served, never re-encoded
+    ]
+)
+
+# One text considered for an image: the web alt-text or a synthetic caption.
+CANDIDATE = pa.struct(
+    [
+        pa.field("text", pa.string()),
+        pa.field("source", pa.string()),  # "web" | "synthetic"
+        pa.field("itm", pa.float32()),  # BLIP ITM match probability
+        pa.field("itc", pa.float32()),  # BLIP ITC cosine similarity
+        pa.field("kept", pa.bool_()),  # passed the ITM threshold
+    ]
+)
+
+CURATED = pa.schema(
+    [
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("key", pa.string()),  # zero-padded sample_id, the export file stem
+        pa.field("url", pa.string()),
+        pa.field("web_text", pa.string()),
+        pa.field("candidates", pa.list_(CANDIDATE)),
+        pa.field("caption", pa.string()),  # the kept text with the highest ITM probability
+        pa.field("caption_source", pa.string()),
+        pa.field("caption_itm", pa.float32()),
+        pa.field("image", pa.binary()),
+        pa.field("width", pa.int32()),  # after EXIF orientation
+        pa.field("height", pa.int32()),
+        pa.field("sha256", pa.string()),  # of the image bytes as downloaded
+        pa.field("shard", pa.int32()),
+    ]
+)
+
+REJECT_REASONS = (
+    "invalid_url",  # not http(s), malformed
+    "blocked_address",  # resolves to loopback/private/link-local without --allow-private-network
+    "download_failed",  # HTTP error, connection refused, timeout...
+    "decode_error",  # bytes are not an image Pillow can decode
+    "image_too_small",  # a side below capfilt.min_image_side (tracking pixels)
+    "image_too_large",  # more pixels than capfilt.max_image_pixels (decompression bombs)
+    "no_matching_text",  # no web or synthetic text reached the ITM threshold
+)
+
+REJECTS = pa.schema(
+    [
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("web_text", pa.string()),
+        pa.field("stage", pa.string()),  # "download" | "decode" | "capfilt"
+        pa.field("reason", pa.string()),  # one of REJECT_REASONS
+        pa.field("detail", pa.string()),  # human-readable
+        pa.field("candidates", pa.list_(CANDIDATE)),  # scores, when the filter saw the image
+        pa.field("shard", pa.int32()),
+    ]
+)
+
+
+def empty(schema: pa.Schema) -> pa.Table:
+    """A zero-row table of `schema` (for shards where every row went elsewhere)."""
+    return schema.empty_table()
+
+
+def sample_key(sample_id: int) -> str:
+    """Stable, sortable file stem for a sample (WebDataset keys, export names)."""
+    return f"{sample_id:012d}"

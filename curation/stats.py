@@ -1,0 +1,39 @@
+"""`curate stats`: the run's funnel and scores, every number from a query in sql/."""
+
+from pathlib import Path
+
+from curation import sql
+
+SECTIONS = [
+    ("Rows: input = curated + rejected", "stats_funnel"),
+    ("Rejects by stage and reason", "stats_rejects"),
+    ("Caption sources", "stats_sources"),
+    ("ITM probability / ITC similarity by source", "stats_itm"),
+]
+
+
+def format_table(columns: list[str], rows: list[tuple]) -> str:
+    """Plain aligned text table (numbers right-aligned)."""
+    cells = [columns] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    numeric = [all(isinstance(row[i], int | float) for row in rows) for i in range(len(columns))]
+
+    def line(values):
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]] or ["(none)"])
+
+
+def report(run_dir: str | Path) -> str:
+    """All sections as text."""
+    con = sql.connect(run_dir)
+    parts = []
+    for title, name in SECTIONS:
+        columns, rows = sql.query(con, name)
+        body = format_table(columns, rows) if rows else "(none)"
+        parts.append(f"{title}\n{body}")
+    return "\n\n".join(parts)

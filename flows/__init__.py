@@ -1,0 +1,1 @@
+"""Prefect orchestration of the `curation` library: flows, tasks and the `curate` CLI."""

@@ -1,0 +1,100 @@
+"""The `curate` command line. Thin: parse, validate everything up front, call one flow."""
+
+import argparse
+import os
+import sys
+
+from curation import config as config_mod
+from curation import models, run, stats, urls
+
+# Errors that mean "fix your command": one line, exit code 2, before any work.
+USER_ERRORS = (
+    config_mod.ConfigError,
+    urls.UrlListError,
+    models.ModelSourceError,
+    run.RunDirError,
+)
+
+
+def _quiet_prefect() -> None:
+    # Telemetry tries the network; INFO logs would drown the progress lines.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def run_config(args) -> config_mod.RunConfig:
+    """The run's configuration: file (or preset) first, then the command-line overrides."""
+    cfg = config_mod.load(args.config)
+    if args.captioner:
+        cfg.capfilt.captioner = args.captioner
+    if args.filter:
+        cfg.capfilt.filter = args.filter
+    if args.allow_private_network:
+        cfg.download.allow_private_network = True
+    return cfg
+
+
+def cmd_run(args) -> int:
+    cfg = run_config(args)
+    caption_col = args.caption_col or None
+    urls.read_url_list(args.urls, args.url_col, caption_col)  # fail now, not in a task
+    models.check_model_source(cfg.capfilt.captioner)
+    models.check_model_source(cfg.capfilt.filter)
+    _quiet_prefect()
+    from flows.curate import curate
+
+    curate(args.urls, args.out, args.url_col, caption_col, cfg.to_dict())
+    print(stats.report(args.out))
+    return 0
+
+
+def cmd_stats(args) -> int:
+    print(stats.report(args.run_dir))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    _quiet_prefect()
+    from flows.demo import demo
+
+    return demo(args.out)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="curate", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="download, caption and filter a URL list into RUN_DIR")
+    r.add_argument("--urls", required=True, help="URL list: .parquet, .csv, .tsv or .jsonl")
+    r.add_argument("--out", required=True, help="run directory (rerun to resume)")
+    r.add_argument("--url-col", default="url")
+    r.add_argument("--caption-col", default="caption", help="alt-text column ('' for none)")
+    r.add_argument("--config", help="TOML file or preset name from data/presets")
+    r.add_argument("--captioner", help="hub id or folder (default: BLIP large captioning)")
+    r.add_argument("--filter", help="hub id or folder (default: BLIP large ITM, COCO)")
+    r.add_argument(
+        "--allow-private-network", action="store_true",
+        help="allow loopback/private addresses (tests, demo, intranet mirrors)",
+    )  # fmt: skip
+    r.set_defaults(func=cmd_run)
+    s = sub.add_parser("stats", help="print a run's funnel and score summaries")
+    s.add_argument("run_dir")
+    s.set_defaults(func=cmd_stats)
+    d = sub.add_parser("demo", help="synthesize a small web, serve it on loopback, curate it")
+    d.add_argument("--out", default="demo_run")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"curate: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

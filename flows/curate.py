@@ -1,0 +1,50 @@
+"""The `curate` flow: download -> CapFilt, one task per shard and step.
+
+Downloads run two shards at a time on a thread pool (they wait on the network, in a child
+process); CapFilt runs shard after shard in the flow's thread, on models loaded once, so the
+download of shard i+1 overlaps the models' work on shard i.
+"""
+
+import time
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from curation import run
+from curation.config import from_dict
+from flows.progress import Progress
+
+
+@task(cache_policy=NO_CACHE, retries=1, task_run_name="download-{shard:05d}")
+def download(run_dir: str, shard: int, config: dict) -> dict:
+    return run.download_step(Path(run_dir), shard, from_dict(config))
+
+
+@task(cache_policy=NO_CACHE, task_run_name="capfilt-{shard:05d}")
+def capfilt(run_dir: str, shard: int, config: dict) -> dict:
+    return run.capfilt_step(Path(run_dir), shard, from_dict(config))
+
+
+@flow(name="curate", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def curate(
+    urls: str,
+    out: str,
+    url_col: str = "url",
+    caption_col: str | None = "caption",
+    config: dict | None = None,
+) -> dict:
+    """Curate the URL list at `urls` into `out`; returns the run's counts."""
+    cfg = from_dict(config or {})
+    started = time.perf_counter()
+    shards = run.prepare(Path(out), Path(urls), url_col, caption_col, cfg)
+    progress = Progress(len(shards))
+    futures = [download.submit(out, s, cfg.to_dict()) for s in shards]
+    for shard, future in zip(shards, futures, strict=True):
+        progress.step_done("download", shard, future.result())
+        progress.step_done("capfilt", shard, capfilt(out, shard, cfg.to_dict()))
+    timings = {**progress.seconds, "wall": time.perf_counter() - started}
+    manifest = run.write_manifest(Path(out), cfg, timings)
+    progress.finish(manifest["counts"])
+    return manifest["counts"]

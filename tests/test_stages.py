@@ -1,0 +1,118 @@
+"""Each stage function on tiny in-memory inputs: one test per reject reason and conversion."""
+
+import pyarrow as pa
+import pytest
+from conftest import encode, exif_rotated_jpeg, hostile_web
+from PIL import Image
+
+from curation import capfilt, config, download, images, urls
+
+
+def test_invalid_url_schemes_and_malformed_urls():
+    for url in ["ftp://example.com/a.jpg", "file:///etc/passwd", "not a url", "", None,
+                "http://example.com:99999999/a.jpg", "http:///nohost.jpg"]:  # fmt: skip
+        assert download.check_url(url, allow_private_network=True)[0] == "invalid_url", url
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254",
+                                  "[::1]", "localhost", "0.0.0.0"])  # fmt: skip
+def test_private_addresses_are_blocked_unless_allowed(host):
+    url = f"http://{host}/a.jpg"
+    reason, detail = download.check_url(url, allow_private_network=False)
+    assert reason == "blocked_address" and "non-public" in detail
+    assert download.check_url(url, allow_private_network=True) is None
+
+
+def test_decode_error_for_html_and_truncated_bytes():
+    web = hostile_web()
+    for path in ["/page.jpg", "/truncated.jpg"]:
+        decoded = images.decode_image(web[path][2], min_side=8, max_pixels=10**8)
+        assert decoded.image is None and decoded.reason == "decode_error", path
+    assert images.decode_image(b"", 8, 10**8).reason == "decode_error"
+
+
+def test_image_too_small_and_too_large():
+    assert images.decode_image(hostile_web()["/pixel.png"][2], 8, 10**8).reason == "image_too_small"
+    big = encode(Image.new("RGB", (64, 64)), "PNG")
+    assert images.decode_image(big, 8, max_pixels=64 * 63).reason == "image_too_large"
+
+
+@pytest.mark.parametrize("path", ["/gray.png", "/cmyk.jpg", "/alpha.png", "/good.jpg"])
+def test_every_mode_becomes_rgb(path):
+    decoded = images.decode_image(hostile_web()[path][2], 8, 10**8)
+    assert decoded.reason is None and decoded.image.mode == "RGB"
+
+
+def test_alpha_is_composited_on_white_and_exif_rotation_applied():
+    alpha = images.decode_image(hostile_web()["/alpha.png"][2], 8, 10**8).image
+    assert alpha.getpixel((0, 0))[0] > 100  # white shows through the transparent green
+    rotated = images.decode_image(exif_rotated_jpeg(), 8, 10**8).image
+    assert rotated.size == (12, 24)
+
+
+def test_16_bit_png_keeps_its_range():
+    image = Image.new("I;16", (10, 10), 1000)
+    image.putpixel((0, 0), 4000)
+    decoded = images.decode_image(encode(image, "PNG"), 8, 10**8).image
+    assert decoded.getpixel((0, 0))[0] == 255 and 50 < decoded.getpixel((1, 1))[0] < 80
+
+
+def test_judge_keeps_texts_at_threshold_and_picks_best():
+    cands = [{"text": "w", "source": "web", "itm": 0.6}, {"text": "s", "source": "synthetic",
+             "itm": 0.9}, {"text": "t", "source": "synthetic", "itm": 0.2}]  # fmt: skip
+    cands, best = capfilt.judge(cands, threshold=0.5)
+    assert [c["kept"] for c in cands] == [True, True, False] and best["text"] == "s"
+
+
+def test_judge_no_matching_text():
+    cands, best = capfilt.judge([{"text": "w", "source": "web", "itm": 0.49}], threshold=0.5)
+    assert best is None and cands[0]["kept"] is False
+
+
+def test_empty_web_text_is_not_a_candidate():
+    assert capfilt.candidate_texts("  ", ["a cat"]) == [("a cat", "synthetic")]
+    assert capfilt.candidate_texts(None, []) == []
+    assert capfilt.candidate_texts(" dog ", []) == [("dog", "web")]
+
+
+def test_batch_seed_depends_on_samples_not_position():
+    assert capfilt.batch_seed(0, [1, 2]) == capfilt.batch_seed(0, [1, 2])
+    assert capfilt.batch_seed(0, [1, 2]) != capfilt.batch_seed(0, [3, 4])
+    assert capfilt.batch_seed(0, [1, 2]) != capfilt.batch_seed(1, [1, 2])
+
+
+def test_url_list_formats_and_errors(tmp_path):
+    (tmp_path / "a.csv").write_text('url,caption\nhttp://x/1.jpg,"a, b"\nhttp://x/2.jpg,\n')
+    (tmp_path / "a.tsv").write_text('link\ttext\nhttp://x/1.jpg\tsays "hi\n')
+    (tmp_path / "a.jsonl").write_text('{"url": "http://x/1.jpg", "caption": "c"}\n')
+    assert urls.read_url_list(tmp_path / "a.csv")["web_text"].to_pylist() == ["a, b", ""]
+    tsv = urls.read_url_list(tmp_path / "a.tsv", "link", "text")
+    assert tsv["web_text"].to_pylist() == ['says "hi']
+    assert urls.read_url_list(tmp_path / "a.jsonl")["sample_id"].to_pylist() == [0]
+    with pytest.raises(urls.UrlListError, match="no column 'link'"):
+        urls.read_url_list(tmp_path / "a.csv", url_col="link")
+    with pytest.raises(urls.UrlListError, match="not found"):
+        urls.read_url_list(tmp_path / "missing.parquet")
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 garbage")
+    with pytest.raises(urls.UrlListError, match="cannot read"):
+        urls.read_url_list(tmp_path / "bad.parquet")
+
+
+def test_split_shards_covers_every_row_once():
+    table = pa.table({"x": list(range(10))})
+    parts = urls.split_shards(table, 4)
+    assert [len(p) for p in parts] == [4, 4, 2]
+    assert sum((p["x"].to_pylist() for p in parts), []) == list(range(10))
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    (tmp_path / "bad.toml").write_text("[capfilt\nx=1")
+    with pytest.raises(config.ConfigError, match="bad TOML"):
+        config.load(tmp_path / "bad.toml")
+    with pytest.raises(config.ConfigError, match="unknown setting"):
+        config.from_dict({"capfilt": {"itm_treshold": 0.4}})
+    with pytest.raises(config.ConfigError, match="must be float"):
+        config.from_dict({"capfilt": {"itm_threshold": "high"}})
+    with pytest.raises(config.ConfigError, match="itm_threshold must be in"):
+        config.from_dict({"capfilt": {"itm_threshold": 2}})
+    assert config.from_dict({"capfilt": {"itm_threshold": 1}}).capfilt.itm_threshold == 1.0
