@@ -4,23 +4,24 @@ For every downloaded image: the captioner samples K synthetic captions (nucleus 
 filter scores the web text and each synthetic caption (ITM match probability, ITC similarity),
 texts below the ITM threshold are dropped, and an image left with no text is rejected.
 
-Decoding and preprocessing run in DataLoader worker processes, `prefetch_batches` ahead of the
-models, so the models never wait on Python image code.
+Decoding and preprocessing run on worker threads, `prefetch_batches` ahead of the models, so the
+models never wait on Python image code.
 """
 
 import hashlib
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from curation import schema
 from curation.config import CapFiltConfig
 from curation.images import decode_image
-from curation.models import Captioner, Filter, preprocess
+from curation.models import Captioner, Filter, image_processor_config, preprocess
 
 
 @dataclass
@@ -30,20 +31,6 @@ class Batch:
     filter_pixels: torch.Tensor | None  # [B, 3, H', W'] (the same tensor when configs agree)
     sizes: list[tuple[int, int]]  # (width, height) of each upright image
     rejects: list[tuple[int, str, str]] = field(default_factory=list)  # (row, reason, detail)
-
-
-class _DecodeDataset(Dataset):
-    """Row i of the shard -> decoded image or reject; runs inside DataLoader workers."""
-
-    def __init__(self, images: list[bytes], cfg: CapFiltConfig):
-        self.images, self.cfg = images, cfg
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        cfg = self.cfg
-        return i, decode_image(self.images[i], cfg.min_image_side, cfg.max_image_pixels)
 
 
 class _Collate:
@@ -66,16 +53,31 @@ class _Collate:
 
 
 def batches(images: list[bytes], captioner: Captioner, filt: Filter, cfg: CapFiltConfig):
-    """Decoded, preprocessed batches, produced ahead of the models by worker processes."""
-    shared = captioner.image_config() == filt.image_config()
-    loader = DataLoader(
-        _DecodeDataset(images, cfg),
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        prefetch_factor=cfg.prefetch_batches if cfg.num_workers else None,
-        collate_fn=_Collate(captioner.processor, filt.processor, shared),
-    )
-    return iter(loader)
+    """Decoded, preprocessed batches, in order, made `prefetch_batches` ahead by worker threads.
+
+    Threads, not processes: Pillow's decoders and resizers and torch's kernels release the GIL,
+    and forking a process that runs Prefect's threads is not safe.
+    """
+    shared = image_processor_config(captioner.processor) == image_processor_config(filt.processor)
+    collate = _Collate(captioner.processor, filt.processor, shared)
+
+    def make(start: int) -> Batch:
+        rows = range(start, min(start + cfg.batch_size, len(images)))
+        return collate([(i, decode_image(images[i], cfg.min_image_side, cfg.max_image_pixels))
+                        for i in rows])  # fmt: skip
+
+    starts = range(0, len(images), cfg.batch_size)
+    if cfg.num_workers == 0:
+        yield from map(make, starts)
+        return
+    with ThreadPoolExecutor(cfg.num_workers) as pool:
+        pending = deque()
+        for start in starts:
+            pending.append(pool.submit(make, start))
+            if len(pending) > cfg.prefetch_batches:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def batch_seed(seed: int, sample_ids: list[int]) -> int:

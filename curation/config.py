@@ -42,12 +42,13 @@ class CapFiltConfig:
     num_captions: int = 3
     prompt: str = "a picture of"  # BLIP's captioning prompt
     top_p: float = 0.9  # nucleus sampling: more diverse than beam search (BLIP, sec. 4.3)
+    repetition_penalty: float = 1.1  # BLIP's sampling setting; stops "a a a a" loops
     min_new_tokens: int = 5
     max_new_tokens: int = 30
     itm_threshold: float = 0.5  # BLIP's filter keeps texts with ITM probability >= 0.5
     batch_size: int = 32  # images per model call
-    num_workers: int = 1  # DataLoader processes that decode and preprocess ahead of the model
-    prefetch_batches: int = 4  # batches each worker keeps ready
+    num_workers: int = 1  # threads that decode and preprocess ahead of the models (0: inline)
+    prefetch_batches: int = 4  # batches kept ready ahead of the models
     min_image_side: int = 8  # smaller images are tracking pixels or icons, not training data
     max_image_pixels: int = 89_478_485  # Pillow's decompression-bomb limit
     seed: int = 0  # caption sampling seed

@@ -89,7 +89,7 @@ def _run_img2dataset(urls: pa.Table, work: Path, cfg: DownloadConfig) -> pa.Tabl
         disable_all_reencoding=True,  # keep the served bytes; we decode with Pillow ourselves
         compute_hash="sha256",
         enable_wandb=False,
-        incremental_mode="overwrite",
+        incremental_mode="incremental",  # "overwrite" deletes its own _tmp folder (1.47)
     )
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
     with open(work / "img2dataset.log", "w") as log:

@@ -44,11 +44,11 @@ class Server:
         self.httpd.server_close()
 
 
-def routes_from_dir(folder: str | Path) -> Routes:
-    """Every file in `folder` at /NAME, with its content type guessed from the name."""
+def routes_from_dir(folder: str | Path, prefix: str = "") -> Routes:
+    """Every file in `folder` at PREFIX/NAME, with its content type guessed from the name."""
     routes = Routes()
     for path in Path(folder).iterdir():
         if path.is_file():
             kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            routes[f"/{path.name}"] = (200, kind, path.read_bytes())
+            routes[f"{prefix}/{path.name}"] = (200, kind, path.read_bytes())
     return routes

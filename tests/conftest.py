@@ -32,8 +32,16 @@ def hostile_web() -> dict[str, tuple[int, str, bytes]]:
         "/good.jpg": (200, "image/jpeg", rgb),
         "/empty_caption.jpg": (200, "image/jpeg", rgb),
         "/gray.png": (200, "image/png", encode(Image.new("L", (20, 20), 128), "PNG")),
-        "/cmyk.jpg": (200, "image/jpeg", encode(Image.new("CMYK", (20, 20), (0, 90, 90, 0)), "JPEG")),
-        "/alpha.png": (200, "image/png", encode(Image.new("RGBA", (20, 20), (0, 255, 0, 80)), "PNG")),
+        "/cmyk.jpg": (
+            200,
+            "image/jpeg",
+            encode(Image.new("CMYK", (20, 20), (0, 90, 90, 0)), "JPEG"),
+        ),
+        "/alpha.png": (
+            200,
+            "image/png",
+            encode(Image.new("RGBA", (20, 20), (0, 255, 0, 80)), "PNG"),
+        ),
         "/rotated.jpg": (200, "image/jpeg", exif_rotated_jpeg()),
         "/pixel.png": (200, "image/png", encode(Image.new("RGB", (1, 1)), "PNG")),
         "/page.jpg": (200, "image/jpeg", b"<html><body>Not found</body></html>"),

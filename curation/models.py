@@ -1,0 +1,334 @@
+"""The two CapFilt models: a captioner that samples synthetic captions and a filter that scores
+image-text pairs (BLIP, Li et al. 2022, arXiv 2201.12086, sec. 3.3).
+
+- Captioner: BLIP's image-grounded text decoder (`BlipForConditionalGeneration`); captions are
+  drawn with nucleus sampling, which the paper found gives more diverse and, after filtering,
+  better training data than beam search (sec. 4.3).
+- Filter: BLIP's image-grounded text encoder with its ITM head and its unimodal ITC encoders
+  (`BlipForImageTextRetrieval`); a text is kept when its match probability passes a threshold.
+
+Both load with `from_pretrained(..., use_safetensors=True)` from a hub id (offline: from the
+local Hugging Face cache) or from a folder written by `save_pretrained`. Inputs are
+`pixel_values` from `preprocess`; they are moved to the model's device and dtype (`to_device`,
+a no-op when the caller already did so, e.g. from pinned memory).
+"""
+
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.nn.functional import normalize
+from transformers import (
+    AutoConfig,
+    BlipForConditionalGeneration,
+    BlipForImageTextRetrieval,
+    BlipProcessor,
+)
+from transformers.utils import logging as transformers_logging
+
+# "org/name" or a bare legacy name ("bert-base-uncased"): what a Hugging Face hub id looks like.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# Image-processor settings that change pixel_values; two processors agreeing on all of them
+# produce identical tensors, so the images need preprocessing only once.
+PIXEL_KEYS = (
+    "do_convert_rgb",
+    "do_resize",
+    "size",
+    "resample",
+    "do_center_crop",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+    "do_pad",
+)
+
+
+class ModelSourceError(ValueError):
+    """A model id or folder that cannot be loaded; the message names it in one line."""
+
+
+def pick_device() -> tuple[torch.device, torch.dtype]:
+    """CUDA with bfloat16 when a GPU is present (BLIP runs well in bf16), else CPU float32."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+
+
+def _looks_like_path(source: str) -> bool:
+    """True for strings meant as a local folder rather than a hub id."""
+    if source.startswith((".", "/", "~")) or (os.altsep and os.altsep in source):
+        return True
+    return os.sep in source and not HUB_ID.match(source)
+
+
+def _resolve(source: str) -> str:
+    """`source` with '~' expanded when that names an existing local path, else unchanged."""
+    expanded = os.path.expanduser(source)
+    return expanded if os.path.exists(expanded) else source
+
+
+def _check_folder(folder: Path) -> None:
+    """A save_pretrained folder must hold config.json and safetensors weights."""
+    if not folder.is_dir():
+        raise ModelSourceError(f"model path {folder} is a file, not a checkpoint folder")
+    if not (folder / "config.json").is_file():
+        raise ModelSourceError(f"model folder {folder} has no config.json (not a checkpoint)")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.safetensors.index.json")):
+        raise ModelSourceError(f"model folder {folder} has no .safetensors weights")
+
+
+def check_model_source(id_or_dir: str, allow_download: bool = False) -> None:
+    """Fail fast, with one line naming the problem, on a model source that cannot load.
+
+    A local folder must exist and hold a checkpoint; anything else is a hub id, which must be
+    in the local Hugging Face cache: there is no network on the machines this runs on, and
+    without `allow_download` the check never touches it (a miss would otherwise spend ~25 s
+    in huggingface_hub's retries before failing).
+    """
+    if not id_or_dir.strip():
+        raise ModelSourceError("model source is empty: give a hub id or a checkpoint folder")
+    local = Path(os.path.expanduser(id_or_dir))
+    if local.exists():
+        return _check_folder(local)
+    if _looks_like_path(id_or_dir) or not HUB_ID.match(id_or_dir):
+        raise ModelSourceError(f"model folder not found: {id_or_dir}")
+    try:
+        AutoConfig.from_pretrained(id_or_dir, local_files_only=not allow_download)
+    except (OSError, ValueError, KeyError) as err:
+        where = "could not be downloaded" if allow_download else "there is no network"
+        raise ModelSourceError(
+            f"model {id_or_dir!r} is neither a local folder nor in the local Hugging Face cache, "
+            f"and {where}; pass a checkpoint folder instead ({type(err).__name__})"
+        ) from None
+
+
+def preprocess(processor: BlipProcessor, pil_images: list[Image.Image]) -> torch.Tensor:
+    """RGB PIL images -> pixel_values (N, 3, H, W) float32 on CPU (runs in DataLoader workers).
+
+    BLIP's preprocessing: bicubic resize to the model's square input, rescale to [0, 1],
+    normalise with CLIP's mean/std.
+    """
+    image_processor = processor.image_processor
+    if not pil_images:
+        size = image_processor.size
+        return torch.empty(0, 3, size["height"], size["width"])
+    pixel_values = image_processor(images=pil_images, return_tensors="pt")["pixel_values"]
+    return pixel_values.float()
+
+
+def image_processor_config(processor: BlipProcessor) -> dict:
+    """The settings that determine pixel_values, for comparing two models' preprocessing.
+
+    `image_processor_config(captioner.processor) == image_processor_config(filter.processor)`
+    means one preprocessed tensor can feed both models.
+    """
+    settings = processor.image_processor.to_dict()
+    return {key: _plain(settings.get(key)) for key in PIXEL_KEYS}
+
+
+def _plain(value):
+    """Tuples/SizeDicts -> lists/dicts so equal settings compare equal."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if hasattr(value, "items"):
+        return {k: v for k, v in dict(value).items() if v is not None}
+    return value
+
+
+@dataclass
+class _Loaded:
+    """A BLIP model in eval mode on its device/dtype, with the processor it was saved with."""
+
+    model: torch.nn.Module
+    processor: BlipProcessor
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def to_device(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Move CPU float32 pixel_values to the model's device and dtype."""
+        return pixel_values.to(self.device, self.dtype, non_blocking=True)
+
+    def tokenize(self, texts: list[str], max_tokens: int) -> dict[str, torch.Tensor]:
+        """[CLS] text [SEP], padded to the longest and truncated to max_tokens, on device."""
+        tokens = self.processor.tokenizer(
+            texts, padding="longest", truncation=True, max_length=max_tokens, return_tensors="pt"
+        )
+        return {k: tokens[k].to(self.device) for k in ("input_ids", "attention_mask")}
+
+
+@dataclass
+class Captioner(_Loaded):
+    """BLIP's image-grounded text decoder, used to write synthetic captions (CapFilt's Cap)."""
+
+    model: BlipForConditionalGeneration
+
+    def generate(
+        self,
+        pixel_values: torch.Tensor,
+        num_captions: int,
+        prompt: str = "a picture of",
+        top_p: float = 0.9,
+        min_new_tokens: int = 5,
+        max_new_tokens: int = 30,
+        seed: int = 0,
+        repetition_penalty: float = 1.1,
+    ) -> list[list[str]]:
+        """`num_captions` nucleus-sampled captions per image, prompt removed.
+
+        Sampling follows BLIP's `generate(sample=True)`: top_k off, top_p 0.9, repetition
+        penalty 1.1, decoding from "[DEC] a picture of". The same seed and the same batch give
+        the same captions; the global torch RNG is left as it was.
+        """
+        pixel_values = self.to_device(pixel_values)  # no-op when already there
+        num_images = pixel_values.shape[0]
+        if num_captions <= 0 or num_images == 0:
+            return [[] for _ in range(num_images)]
+        prompt_ids = self.tokenize([prompt], max_tokens=64)["input_ids"]  # (1, P): [CLS] .. [SEP]
+        input_ids = prompt_ids.repeat(num_images, 1)  # (B, P); generate sets [CLS]->[DEC]
+        with torch.inference_mode(), _seeded(seed, self.device):
+            sequences = self.model.generate(
+                pixel_values=pixel_values,
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                do_sample=True,
+                num_beams=1,
+                top_k=0,
+                top_p=top_p,
+                repetition_penalty=repetition_penalty,
+                min_new_tokens=min_new_tokens,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=num_captions,
+            )  # (B * num_captions, P - 1 + new), image-major
+        texts = self._strip_prompt(sequences, prompt_ids)
+        return [texts[i * num_captions : (i + 1) * num_captions] for i in range(num_images)]
+
+    def _strip_prompt(self, sequences: torch.Tensor, prompt_ids: torch.Tensor) -> list[str]:
+        """Decode, drop special tokens and the decoded prompt prefix, normalise whitespace."""
+        decode = self.processor.tokenizer.batch_decode
+        prompt_text = decode(prompt_ids, skip_special_tokens=True)[0].strip()
+        captions = []
+        for text in decode(sequences, skip_special_tokens=True):
+            text = " ".join(text.split())
+            if text.startswith(prompt_text):  # BLIP: caption[len(prompt):]
+                text = text[len(prompt_text) :].strip()
+            captions.append(text)
+        return captions
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device):
+    """Seed torch's CPU (and the model's CUDA) RNG inside the block, restore it afterwards."""
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)  # also seeds every CUDA device
+        yield
+
+
+@dataclass
+class Filter(_Loaded):
+    """BLIP's filter: ITM match probability and ITC cosine similarity per image-text pair."""
+
+    model: BlipForImageTextRetrieval
+
+    def score(
+        self,
+        pixel_values: torch.Tensor,
+        texts: list[list[str]],
+        max_text_tokens: int = 35,
+    ) -> tuple[list[list[float]], list[list[float]]]:
+        """For image i and each text in texts[i]: (ITM probabilities, ITC cosine similarities).
+
+        Equals `BlipForImageTextRetrieval.forward` with `use_itm_head=True` (softmax, class 1)
+        and `use_itm_head=False`, but runs the vision encoder once per image and each text
+        encoder once per text, instead of once per pair. Texts are truncated to
+        `max_text_tokens` (35 in BLIP's ITM/retrieval code). Images with no texts get [].
+        """
+        pixel_values = self.to_device(pixel_values)  # no-op when already there
+        counts = [len(t) for t in texts]  # texts per image
+        flat = [t for per_image in texts for t in per_image]
+        if not flat:
+            return [[] for _ in texts], [[] for _ in texts]
+        with torch.inference_mode():
+            used = [i for i, n in enumerate(counts) if n]
+            if len(used) < len(counts):
+                pixel_values = pixel_values[torch.tensor(used, device=pixel_values.device)]
+            image_embeds = self.model.vision_model(pixel_values=pixel_values)[0]
+            # (B', 1 + patches, Dv) for the B' images that have texts
+            owner = torch.repeat_interleave(
+                torch.arange(len(used), device=self.device),
+                torch.tensor([n for n in counts if n], device=self.device),
+            )  # (T,) index of each text's image in image_embeds
+            tokens = self.tokenize(flat, max_text_tokens)  # (T, L)
+            itm = self._itm_probs(image_embeds, owner, tokens).tolist()
+            itc = self._itc_sims(image_embeds, owner, tokens).tolist()
+        return _split(itm, counts), _split(itc, counts)
+
+    def _itm_probs(
+        self, image_embeds: torch.Tensor, owner: torch.Tensor, tokens: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """P(match) from the image-grounded text encoder's [CLS] through the ITM head. (T,)"""
+        pair_embeds = image_embeds[owner]  # (T, 1 + patches, Dv): repeat_interleave by owner
+        pair_mask = torch.ones(pair_embeds.shape[:-1], dtype=torch.long, device=self.device)
+        hidden = self.model.text_encoder(
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            encoder_hidden_states=pair_embeds,
+            encoder_attention_mask=pair_mask,
+        ).last_hidden_state  # (T, L, Dt)
+        logits = self.model.itm_head(hidden[:, 0, :])  # (T, 2): [no match, match]
+        return logits.float().softmax(dim=-1)[:, 1]
+
+    def _itc_sims(
+        self, image_embeds: torch.Tensor, owner: torch.Tensor, tokens: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Cosine similarity of the projected unimodal image and text [CLS] features. (T,)"""
+        image_feat = normalize(self.model.vision_proj(image_embeds[:, 0, :]), dim=-1)  # (B', E)
+        hidden = self.model.text_encoder(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+        ).last_hidden_state  # (T, L, Dt), text only: no cross-attention
+        text_feat = normalize(self.model.text_proj(hidden[:, 0, :]), dim=-1)  # (T, E)
+        return (image_feat[owner] * text_feat).sum(dim=-1).float()
+
+
+def _split(values: list[float], counts: list[int]) -> list[list[float]]:
+    """Flat per-text values -> one list per image, following `counts`."""
+    out, start = [], 0
+    for n in counts:
+        out.append(values[start : start + n])
+        start += n
+    return out
+
+
+def _load(cls, id_or_dir: str, device: torch.device, dtype: torch.dtype):
+    """from_pretrained with safetensors only (never remote code), eval mode, on device/dtype."""
+    source = _resolve(id_or_dir)
+    transformers_logging.disable_progress_bar()  # a bar per load would drown the run's progress
+    model = cls.from_pretrained(source, use_safetensors=True, dtype=dtype)
+    return model.to(device=device, dtype=dtype).eval(), BlipProcessor.from_pretrained(source)
+
+
+def load_captioner(id_or_dir: str, device: torch.device, dtype: torch.dtype) -> Captioner:
+    """The captioner from a hub id (default Salesforce/blip-image-captioning-large) or folder."""
+    model, processor = _load(BlipForConditionalGeneration, id_or_dir, device, dtype)
+    return Captioner(model=model, processor=processor)
+
+
+def load_filter(id_or_dir: str, device: torch.device, dtype: torch.dtype) -> Filter:
+    """The filter from a hub id (default Salesforce/blip-itm-large-coco) or folder."""
+    model, processor = _load(BlipForImageTextRetrieval, id_or_dir, device, dtype)
+    return Filter(model=model, processor=processor)

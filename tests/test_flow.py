@@ -1,0 +1,151 @@
+"""The `curate run` flow end to end: loopback web of hostile inputs, tiny models, Prefect."""
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import closed_port
+
+from curation import run, sql
+from flows import cli
+
+# url path -> (web text, expected outcome: "curated" or the reject reason)
+CASES = {
+    "/good.jpg": ("a blue square", "curated"),
+    "/empty_caption.jpg": ("", "curated"),
+    "/gray.png": ("grey", "curated"),
+    "/cmyk.jpg": ("red", "curated"),
+    "/alpha.png": ("green", "curated"),
+    "/rotated.jpg": ("a red bar", "curated"),
+    "/pixel.png": ("tracking pixel", "image_too_small"),
+    "/page.jpg": ("html saved as jpg", "decode_error"),
+    "/truncated.jpg": ("half a jpeg", "decode_error"),
+    "/missing.jpg": ("404", "download_failed"),
+}
+
+
+def url_rows(base_url: str) -> tuple[list[dict], dict[str, str]]:
+    """The URL list and, per URL, the outcome the flow must record."""
+    cases = {base_url + path: case for path, case in CASES.items()}
+    cases[f"http://127.0.0.1:{closed_port()}/x.jpg"] = ("connection refused", "download_failed")
+    cases["ftp://127.0.0.1/x.jpg"] = ("ftp", "invalid_url")
+    rows = [{"url": url, "caption": text} for url, (text, _) in cases.items()]
+    return rows, {url: outcome for url, (_, outcome) in cases.items()}
+
+
+@pytest.fixture(scope="module")
+def curated_run(tmp_path_factory, web, tiny_models, prefect_harness):
+    root = tmp_path_factory.mktemp("flow")
+    rows, expected = url_rows(web.base_url)
+    pq.write_table(pa.Table.from_pylist(rows), root / "urls.parquet")
+    (root / "cfg.toml").write_text(
+        "[sharding]\nshard_size = 5\n[capfilt]\nitm_threshold = 0.0\nnum_captions = 2\n"
+        "batch_size = 3\nmax_new_tokens = 6\nmin_new_tokens = 2\n[download]\ntimeout = 5\n"
+    )
+    captioner, filt = tiny_models
+    argv = ["run", "--urls", str(root / "urls.parquet"), "--out", str(root / "run"),
+            "--config", str(root / "cfg.toml"), "--captioner", str(captioner),
+            "--filter", str(filt), "--allow-private-network"]  # fmt: skip
+    assert cli.main(argv) == 0
+    return root / "run", rows, expected, argv
+
+
+def outcomes(run_dir) -> dict[str, list[str]]:
+    con = sql.connect(run_dir)
+    got = {}
+    for url, outcome in con.execute(
+        "SELECT url, 'curated' FROM curated UNION ALL SELECT url, reason FROM rejects"
+    ).fetchall():
+        got.setdefault(url, []).append(outcome)
+    return got
+
+
+def test_every_input_row_ends_in_exactly_one_place_with_the_right_reason(curated_run):
+    run_dir, rows, expected, _ = curated_run
+    got = outcomes(run_dir)
+    assert {url: o[0] for url, o in got.items()} == expected
+    assert all(len(o) == 1 for o in got.values())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["input"] == len(rows) == counts["curated"] + counts["rejected"]
+    assert manifest["versions"]["prefect"] and manifest["timings"]["capfilt"] > 0
+
+
+def test_curated_rows_keep_provenance(curated_run):
+    run_dir, _, _, _ = curated_run
+    curated = pa.concat_tables(pq.read_table(p) for p in sorted((run_dir / "shards").glob("*")))
+    by_path = {r["url"].rsplit("/", 1)[1]: r for r in curated.to_pylist()}
+    rotated = by_path["rotated.jpg"]
+    assert (rotated["width"], rotated["height"]) == (12, 24)  # EXIF orientation applied
+    sources = [c["source"] for c in rotated["candidates"]]
+    assert sources == ["web", "synthetic", "synthetic"]
+    assert all(0.0 <= c["itm"] <= 1.0 and c["kept"] for c in rotated["candidates"])
+    assert rotated["caption"] in [c["text"] for c in rotated["candidates"]]
+    empty = by_path["empty_caption.jpg"]
+    assert [c["source"] for c in empty["candidates"]] == ["synthetic", "synthetic"]
+    assert rotated["sha256"] == hashlib.sha256(rotated["image"]).hexdigest()
+
+
+def test_rerun_skips_finished_shards_and_changes_nothing(curated_run):
+    run_dir, _, _, argv = curated_run
+    before = {p.name: p.read_bytes() for p in (run_dir / "shards").glob("*.parquet")}
+    started = time.perf_counter()
+    assert cli.main(argv) == 0
+    assert time.perf_counter() - started < 30
+    after = {p.name: p.read_bytes() for p in (run_dir / "shards").glob("*.parquet")}
+    assert before == after and len(before) == 3
+    assert not list(run_dir.rglob(".*.tmp-*"))  # no temporary files left behind
+
+
+def test_stats_shows_balanced_funnel(curated_run, capsys):
+    run_dir, _, _, _ = curated_run
+    assert cli.main(["stats", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "input_rows" in out and "True" in out  # balanced = true
+    assert "image_too_small" in out and "decode_error" in out and "synthetic" in out
+
+
+def test_a_different_url_list_in_the_same_run_dir_is_refused(curated_run, tmp_path, capsys):
+    run_dir, _, _, argv = curated_run
+    other = tmp_path / "other.csv"
+    other.write_text("url,caption\nhttp://127.0.0.1/x.jpg,x\n")
+    argv = list(argv)
+    argv[argv.index("--urls") + 1] = str(other)
+    assert cli.main(argv) == 2
+    assert "another URL list" in capsys.readouterr().err
+
+
+def test_private_network_refused_by_default(tmp_path, web):
+    table = pa.table({"sample_id": [0], "url": [web.base_url + "/good.jpg"], "web_text": ["x"]})
+    from curation.config import DownloadConfig
+    from curation.download import download_shard
+
+    raw = download_shard(table.cast(run.schema.INPUT), DownloadConfig())
+    assert raw["status"].to_pylist() == ["blocked_address"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--urls", "nope.parquet"], "URL list not found: nope.parquet"),
+        (["--url-col", "link"], "no column 'link'"),
+        (["--captioner", "./no/such/model"], "no/such/model"),
+        (["--config", "missing.toml"], "config file not found"),
+    ],
+)
+def test_bad_configuration_stops_before_work_with_one_line(tmp_path, args, message):
+    urls = tmp_path / "urls.csv"
+    urls.write_text("url,caption\nhttp://example.com/a.jpg,a\n")
+    argv = ["run", "--urls", str(urls), "--out", str(tmp_path / "run"), *args]
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *argv], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert not (tmp_path / "run").exists()
