@@ -82,6 +82,30 @@ REJECTS = pa.schema(
 )
 
 
+# A clean, human-captioned set (`curate finetune --clean`): several rows per image allowed.
+CLEAN = pa.schema(
+    [
+        pa.field("image", pa.binary()),  # encoded bytes
+        pa.field("caption", pa.string()),
+        pa.field("image_id", pa.int64()),  # rows of one image share it (optional on input)
+    ]
+)
+
+# The synthetic world (curation/synthetic.py): the web as files + alt-text, and its truth, which
+# is kept apart from the URL list and used for evaluation only.
+SYNTH_WEB = pa.schema([pa.field("file", pa.string()), pa.field("caption", pa.string())])
+SYNTH_TRUTH = pa.schema(
+    [
+        pa.field("file", pa.string()),
+        pa.field("kind", pa.string()),  # one of synthetic.NOISE_KINDS
+        pa.field("is_noisy", pa.bool_()),  # == not caption_is_true(web caption, scene)
+        pa.field("true_caption", pa.string()),  # a full true description
+        pa.field("scene", pa.string()),  # Scene as JSON
+    ]
+)
+SYNTH_EVAL_TRUTH = pa.schema([pa.field("image_id", pa.int64()), pa.field("scene", pa.string())])
+
+
 def empty(schema: pa.Schema) -> pa.Table:
     """A zero-row table of `schema` (for shards where every row went elsewhere)."""
     return schema.empty_table()

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from curation import schema
 from curation.io import write_parquet
 
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
@@ -115,25 +116,13 @@ ZIPF_EXPONENT = 1.0  # web colour x shape combo frequency ~ 1 / rank^s: a MetaCL
 CAPTIONS_PER_IMAGE = (2, 3)  # clean/eval: true phrasings per image (inclusive range)
 JPEG_QUALITY = 90
 
-# Arrow schemas of the files `write_world` writes (the pipeline's own tables are in schema.py).
-WEB = pa.schema([pa.field("file", pa.string()), pa.field("caption", pa.string())])
-TRUTH = pa.schema(
-    [
-        pa.field("file", pa.string()),
-        pa.field("kind", pa.string()),  # one of NOISE_KINDS
-        pa.field("is_noisy", pa.bool_()),  # == not caption_is_true(web caption, scene)
-        pa.field("true_caption", pa.string()),  # a full true description
-        pa.field("scene", pa.string()),  # Scene as JSON
-    ]
+# Arrow schemas of the files `write_world` writes, declared in schema.py with the others.
+WEB, TRUTH, CLEAN, EVAL_TRUTH = (
+    schema.SYNTH_WEB,
+    schema.SYNTH_TRUTH,
+    schema.CLEAN,
+    schema.SYNTH_EVAL_TRUTH,
 )
-CLEAN = pa.schema(
-    [
-        pa.field("image", pa.binary()),  # JPEG bytes
-        pa.field("caption", pa.string()),
-        pa.field("image_id", pa.int64()),  # rows of one image share it
-    ]
-)
-EVAL_TRUTH = pa.schema([pa.field("image_id", pa.int64()), pa.field("scene", pa.string())])
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ import argparse
 import os
 import sys
 
+from transformers.utils import logging as transformers_logging
+
 from curation import config as config_mod
 from curation import models, run, stats, urls
 
@@ -16,8 +18,9 @@ USER_ERRORS = (
 )
 
 
-def _quiet_prefect() -> None:
-    # Telemetry tries the network; INFO logs would drown the progress lines.
+def _quiet() -> None:
+    # Telemetry tries the network; INFO logs and load bars would drown the progress lines.
+    transformers_logging.disable_progress_bar()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -42,7 +45,7 @@ def cmd_run(args) -> int:
     urls.read_url_list(args.urls, args.url_col, caption_col)  # fail now, not in a task
     models.check_model_source(cfg.capfilt.captioner)
     models.check_model_source(cfg.capfilt.filter)
-    _quiet_prefect()
+    _quiet()
     from flows.curate import curate
 
     curate(args.urls, args.out, args.url_col, caption_col, cfg.to_dict())
@@ -56,7 +59,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    _quiet_prefect()
+    _quiet()
     from flows.demo import demo
 
     return demo(args.out)

@@ -116,3 +116,7 @@ def test_config_errors_name_the_problem(tmp_path):
     with pytest.raises(config.ConfigError, match="itm_threshold must be in"):
         config.from_dict({"capfilt": {"itm_threshold": 2}})
     assert config.from_dict({"capfilt": {"itm_threshold": 1}}).capfilt.itm_threshold == 1.0
+
+
+def test_default_preset_documents_every_default():
+    assert config.load("default") == config.RunConfig()

@@ -1,0 +1,316 @@
+"""Throughput of the CapFilt stage, and how much of it the models get (its efficiency).
+
+Two timings over the same images, batch size and number of captions, in the same process:
+
+- whole stage: `curation.capfilt.capfilt_shard` on a RAW table of JPEG bytes, i.e. decode,
+  preprocess, caption generation, ITM/ITC scoring and judging, as a run does it;
+- models only: the same model calls (`capfilt._score_batch`, which the stage itself times as
+  `model_seconds`) on batches decoded and preprocessed beforehand and already on the device.
+
+efficiency = models-only time / whole-stage time. 1.0 means decoding and preprocessing are fully
+hidden behind the models; the target is >= 0.85. Both passes draw the same captions (the
+sampling seed depends on the batch's samples only), so they do the same model work; the script
+checks that their outputs agree. A warm-up pass over one batch runs before any timing.
+
+Images are JPEGs of synthetic scenes with photo-like noise (so decoding is real work), drawn
+here: the script needs no data beside the project. Models are random-weight BLIP checkpoints
+from `curation.tiny.save_blip_checkpoints`, or, with `--size large`, BLIP-large's architecture
+(ViT-L/16 at 384 px, BERT-base text) built from `BlipConfig` (written only when asked).
+
+    .venv/bin/python bench/capfilt_throughput.py                         # small, CPU
+    .venv/bin/python bench/capfilt_throughput.py --size large --images 1024 --batch-size 64 \
+        --min-new-tokens 20 --max-new-tokens 20                          # GPU, BLIP-large
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import statistics
+import sys
+import time
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from curation import capfilt, models, schema, synthetic, tiny  # noqa: E402
+from curation.config import CapFiltConfig  # noqa: E402
+
+SIZES = (*tiny.PRESETS, "large")
+# BLIP-large's vision tower (Salesforce/blip-image-captioning-large, blip-itm-large-coco):
+# ViT-L/16 at 384 px. Its text side is BlipTextConfig's default BERT-base.
+LARGE_VISION = dict(
+    image_size=384, patch_size=16, hidden_size=1024, num_hidden_layers=24,
+    num_attention_heads=16, intermediate_size=4096,
+)  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=SIZES, default="small", help="model architecture")
+    p.add_argument("--images", type=int, default=256, help="images per timed pass")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-captions", type=int, default=3, help="K synthetic captions per image")
+    p.add_argument("--num-workers", type=int, default=1, help="decode/preprocess threads")
+    p.add_argument("--prefetch-batches", type=int, default=4)
+    p.add_argument("--min-new-tokens", type=int, default=5)
+    p.add_argument("--max-new-tokens", type=int, default=30)
+    p.add_argument("--image-side", type=int, default=224, help="side of the JPEGs, in pixels")
+    p.add_argument("--repeat", type=int, default=2, help="timed (stage, models) pairs")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/capfilt_bench"), help="checkpoints")
+    p.add_argument("--profile", type=Path, help="write a cProfile of one stage pass here")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def photo_like(scene: synthetic.Scene, side: int, rng: np.random.Generator) -> Image.Image:
+    """A rendered scene with a smooth shading and sensor-like noise.
+
+    Flat synthetic shapes compress to a few hundred bytes and decode in no time; the noise
+    brings JPEG size and decode cost near a real 224 px web photo (CC3M's are ~10-20 kB).
+    """
+    pixels = np.asarray(synthetic.render_scene(scene, side, side), dtype=np.float32)
+    ramp = np.linspace(-25, 25, side, dtype=np.float32)
+    pixels = pixels + ramp[None, :, None] + rng.normal(0, 12, pixels.shape).astype(np.float32)
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB")
+
+
+def make_jpegs(n: int, side: int, seed: int = 0) -> list[bytes]:
+    """`n` distinct JPEG images (quality 90) of `side` x `side` pixels."""
+    rng = np.random.default_rng(seed)
+    scenes = synthetic.sample_scenes(rng, n, None, set())
+    out = []
+    for scene in scenes:
+        buffer = BytesIO()
+        photo_like(scene, side, rng).save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def raw_table(jpegs: list[bytes]) -> pa.Table:
+    """A downloaded shard (`schema.RAW`) where every URL succeeded, with a web text each."""
+    n = len(jpegs)
+    return pa.table(
+        {
+            "sample_id": pa.array(range(n), pa.int64()),
+            "url": [f"http://bench.invalid/{i}.jpg" for i in range(n)],
+            "web_text": [f"a photo of thing number {i}" for i in range(n)],
+            "status": ["success"] * n,
+            "error": pa.nulls(n, pa.string()),
+            "image": pa.array(jpegs, pa.binary()),
+        },
+        schema=schema.RAW,
+    )
+
+
+# --------------------------------------------------------------------------- models
+
+
+def save_large_checkpoints(out_dir: Path) -> tuple[Path, Path]:
+    """BLIP-large captioner and filter with random weights, in save_pretrained format.
+
+    `curation.tiny` has no large preset; this builds it from BlipConfig's defaults with the
+    vision tower set to ViT-L/16 at 384 px and the text side fitted to data/tokenizer.
+    """
+    from transformers import (
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipForImageTextRetrieval,
+        BlipImageProcessorPil,
+        BlipProcessor,
+    )
+
+    tokenizer = tiny.load_tokenizer()
+    text = dict(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.sep_token_id, sep_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    config = BlipConfig(vision_config=LARGE_VISION, text_config=text)
+    side = LARGE_VISION["image_size"]
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessorPil(size={"height": side, "width": side}),
+        tokenizer=tokenizer,
+    )
+    paths = (out_dir / "captioner", out_dir / "filter")
+    for seed, cls, path in zip((0, 1), (BlipForConditionalGeneration, BlipForImageTextRetrieval),
+                               paths, strict=True):  # fmt: skip
+        torch.manual_seed(seed)
+        cls(config).eval().save_pretrained(path)
+        processor.save_pretrained(path)
+    return paths
+
+
+def checkpoints(size: str, workdir: Path) -> tuple[Path, Path]:
+    """Captioner and filter folders for `size`, written once under `workdir/size`."""
+    out = workdir / size
+    paths = (out / "captioner", out / "filter")
+    if all((p / "config.json").is_file() for p in paths):
+        return paths
+    if size == "large":
+        return save_large_checkpoints(out)
+    return tiny.save_blip_checkpoints(out, size=size)
+
+
+def load_models(size: str, workdir: Path):
+    """(captioner, filter) on the device and dtype the pipeline picks for itself."""
+    device, dtype = models.pick_device()
+    cap_dir, filt_dir = checkpoints(size, workdir)
+    return models.load_captioner(str(cap_dir), device, dtype), models.load_filter(
+        str(filt_dir), device, dtype
+    )
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer stops when the work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_stage(raw: pa.Table, captioner, filt, cfg: CapFiltConfig) -> tuple[float, dict]:
+    """Seconds for `capfilt_shard` on `raw`, and its candidates per sample_id."""
+    sync(captioner.device)
+    start = time.perf_counter()
+    result = capfilt.capfilt_shard(raw, captioner, filt, cfg, shard=0)
+    sync(captioner.device)
+    seconds = time.perf_counter() - start
+    assert not [r for r in result.rejects if r["reason"] != "no_matching_text"], "bad inputs"
+    rows = result.curated + result.rejects
+    return seconds, {r["sample_id"]: r["candidates"] for r in rows}
+
+
+def preload(raw: pa.Table, captioner, filt, cfg: CapFiltConfig) -> list[tuple]:
+    """The stage's batches, decoded, preprocessed and moved to the device beforehand.
+
+    Same batching as `capfilt_shard` (consecutive `batch_size` slices), so same sampling seeds.
+    """
+    rows = raw.to_pylist()
+    inline = CapFiltConfig(**{**vars(cfg), "num_workers": 0})
+    out = []
+    for batch in capfilt.batches([r["image"] for r in rows], captioner, filt, inline):
+        shared = batch.captioner_pixels is batch.filter_pixels
+        batch.captioner_pixels = captioner.to_device(batch.captioner_pixels)
+        batch.filter_pixels = (
+            batch.captioner_pixels if shared else filt.to_device(batch.filter_pixels)
+        )
+        picked = [rows[i] for i in batch.rows]
+        out.append((batch, [r["web_text"] for r in picked], [r["sample_id"] for r in picked]))
+    sync(captioner.device)
+    return out
+
+
+def run_models(preloaded: list[tuple], captioner, filt, cfg: CapFiltConfig) -> tuple[float, dict]:
+    """Seconds for the model calls alone on preloaded batches, and candidates per sample_id."""
+    sync(captioner.device)
+    start = time.perf_counter()
+    scored = [
+        capfilt._score_batch(batch, texts, captioner, filt, cfg, ids)
+        for batch, texts, ids in preloaded
+    ]
+    sync(captioner.device)
+    seconds = time.perf_counter() - start
+    ids = [i for _, _, batch_ids in preloaded for i in batch_ids]
+    return seconds, dict(zip(ids, [c for per_batch in scored for c in per_batch], strict=True))
+
+
+def same_outputs(stage: dict, alone: dict, tolerance: float = 1e-3) -> bool:
+    """Both passes wrote the same texts with the same ITM probabilities (within tolerance)."""
+    if stage.keys() != alone.keys():
+        return False
+    for sample_id, cands in stage.items():
+        other = alone[sample_id]
+        if [c["text"] for c in cands] != [c["text"] for c in other]:
+            return False
+        if any(abs(a["itm"] - b["itm"]) > tolerance for a, b in zip(cands, other, strict=True)):
+            return False
+    return True
+
+
+def profile_stage(raw: pa.Table, captioner, filt, cfg: CapFiltConfig, path: Path) -> None:
+    """cProfile one stage pass (main thread only) into `path`; print the top entries."""
+    profiler = cProfile.Profile()
+    profiler.runcall(capfilt.capfilt_shard, raw, captioner, filt, cfg, 0)
+    profiler.dump_stats(path)
+    pstats.Stats(str(path)).sort_stats("cumulative").print_stats(25)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def stage_config(args: argparse.Namespace) -> CapFiltConfig:
+    """The CapFilt settings under test; every other field keeps the pipeline's default."""
+    return CapFiltConfig(
+        num_captions=args.num_captions, batch_size=args.batch_size,
+        num_workers=args.num_workers, prefetch_batches=args.prefetch_batches,
+        min_new_tokens=args.min_new_tokens, max_new_tokens=args.max_new_tokens,
+    )  # fmt: skip
+
+
+def describe(args, captioner, jpegs: list[bytes]) -> None:
+    """The setting: device, dtype, preset, sizes, threads, machine load."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+    print(f"device {captioner.device}  dtype {captioner.dtype}  preset {args.size}  "
+          f"params/model {sum(p.numel() for p in captioner.model.parameters()) / 1e6:.1f} M")  # fmt: skip
+    print(f"batch {args.batch_size}  K {args.num_captions}  new tokens "
+          f"{args.min_new_tokens}-{args.max_new_tokens}  images {len(jpegs)} "
+          f"({args.image_side}px JPEG, mean {sum(map(len, jpegs)) / len(jpegs) / 1024:.1f} kB)")  # fmt: skip
+    print(f"decode workers {args.num_workers}  torch threads {torch.get_num_threads()}  "
+          f"cpus {os.cpu_count()}  load avg {' '.join(f'{x:.2f}' for x in load)}")  # fmt: skip
+
+
+def report(pairs: list[tuple[float, float]], n: int, outputs_match: bool) -> float:
+    """Print each timed pair and the totals; return the overall efficiency."""
+    for i, (stage, alone) in enumerate(pairs):
+        print(f"  pass {i}: stage {stage:7.2f} s ({n / stage:7.1f} img/s)   models only "
+              f"{alone:7.2f} s ({n / alone:7.1f} img/s)   efficiency {alone / stage:.3f}")  # fmt: skip
+    stage = sum(s for s, _ in pairs)
+    alone = sum(a for _, a in pairs)
+    efficiency = alone / stage
+    print(f"whole stage  {n * len(pairs) / stage:8.1f} img/s")
+    print(f"models only  {n * len(pairs) / alone:8.1f} img/s")
+    print(f"efficiency   {efficiency:8.3f}  (median of passes "
+          f"{statistics.median(a / s for s, a in pairs):.3f}; target >= 0.85)")  # fmt: skip
+    print(f"outputs identical in both passes: {outputs_match}")
+    return efficiency
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = stage_config(args)
+    captioner, filt = load_models(args.size, args.workdir)
+    jpegs = make_jpegs(args.images, args.image_side)
+    raw = raw_table(jpegs)
+    describe(args, captioner, jpegs)
+    warm = raw.slice(0, args.batch_size)  # warm-up, not timed: allocator, kernels, caches
+    run_stage(warm, captioner, filt, cfg)
+    run_models(preload(warm, captioner, filt, cfg), captioner, filt, cfg)
+    if args.profile:
+        profile_stage(raw, captioner, filt, cfg, args.profile)
+    preloaded = preload(raw, captioner, filt, cfg)
+    pairs, match = [], True
+    for i in range(args.repeat):  # alternate the order: load drifts on a shared machine
+        first, second = (run_stage, run_models) if i % 2 == 0 else (run_models, run_stage)
+        inputs = {run_stage: raw, run_models: preloaded}
+        (t1, o1), (t2, o2) = (f(inputs[f], captioner, filt, cfg) for f in (first, second))
+        pairs.append((t1, t2) if first is run_stage else (t2, t1))
+        match = match and same_outputs(o1, o2)
+    report(pairs, len(jpegs), match)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
