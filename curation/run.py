@@ -141,3 +141,23 @@ def write_manifest(run_dir: Path, cfg: RunConfig, timings: dict) -> dict:
 
 def config_of(run_dir: Path) -> RunConfig:
     return from_dict(json.loads((Path(run_dir) / "run.json").read_text())["config"])
+
+
+def is_run(path: Path) -> bool:
+    return (Path(path) / "run.json").is_file()
+
+
+def summary(run_dir: Path) -> dict:
+    """One line of `curate runs`: status, counts and duration of a run directory."""
+    run_dir = Path(run_dir)
+    known = json.loads((run_dir / "run.json").read_text())
+    manifest_file = run_dir / "manifest.json"
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else None
+    done = sum(1 for _ in (run_dir / "_done" / "capfilt").glob("*.json"))
+    counts = manifest["counts"] if manifest else {"curated": None, "rejected": None}
+    return {
+        "run": run_dir.name,
+        "status": "done" if manifest else f"incomplete ({done}/{known['shards']} shards)",
+        "input": known["rows"], "curated": counts["curated"], "rejected": counts["rejected"],
+        "seconds": round(manifest["timings"]["wall"], 1) if manifest else None,
+    }  # fmt: skip

@@ -3,11 +3,13 @@
 import argparse
 import os
 import sys
+from pathlib import Path
 
+import duckdb
 from transformers.utils import logging as transformers_logging
 
 from curation import config as config_mod
-from curation import models, run, stats, urls
+from curation import models, run, sql, stats, urls
 
 # Errors that mean "fix your command": one line, exit code 2, before any work.
 USER_ERRORS = (
@@ -58,6 +60,39 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_sql(args) -> int:
+    run_dirs, query = args.items, None
+    if not Path(run_dirs[-1]).is_dir():
+        run_dirs, query = run_dirs[:-1], run_dirs[-1]
+    missing = [d for d in run_dirs if not Path(d).is_dir()]
+    if not run_dirs or missing:
+        raise config_mod.ConfigError(f"not a run directory: {(missing or ['(none given)'])[0]}")
+    if args.catalog:
+        print(f"wrote {sql.write_catalog(run_dirs, args.catalog)}")
+    if query is None:
+        return 0
+    if args.format == "parquet" and not args.out:
+        raise config_mod.ConfigError("--format parquet needs --out FILE")
+    con = sql.connect(*run_dirs)
+    try:
+        relation = con.sql(query)
+        if args.format == "table":
+            print(stats.format_table(relation.columns, relation.fetchall()))
+        else:
+            sql.write_result(relation, args.format, args.out)
+    except duckdb.Error as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_runs(args) -> int:
+    rows = [run.summary(d) for d in sorted(Path(args.out_root).iterdir()) if run.is_run(d)]
+    columns = ["run", "status", "input", "curated", "rejected", "seconds"]
+    print(stats.format_table(columns, [tuple(r[c] for c in columns) for r in rows]))
+    return 0
+
+
 def cmd_demo(args) -> int:
     _quiet()
     from flows.demo import demo
@@ -84,6 +119,20 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="print a run's funnel and score summaries")
     s.add_argument("run_dir")
     s.set_defaults(func=cmd_stats)
+    q = sub.add_parser("sql", help="query one or many runs with DuckDB SQL")
+    q.add_argument(
+        "items",
+        nargs="+",
+        metavar="RUN_DIR... [QUERY]",
+        help="run directories, then a query over the views (samples, texts, ...)",
+    )
+    q.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    q.add_argument("--out", help="write the result to this file")
+    q.add_argument("--catalog", help="write a DuckDB database file holding the views")
+    q.set_defaults(func=cmd_sql)
+    ls = sub.add_parser("runs", help="list the runs under a folder with status and counts")
+    ls.add_argument("--out-root", required=True)
+    ls.set_defaults(func=cmd_runs)
     d = sub.add_parser("demo", help="synthesize a small web, serve it on loopback, curate it")
     d.add_argument("--out", default="demo_run")
     d.set_defaults(func=cmd_demo)

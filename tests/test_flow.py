@@ -149,3 +149,42 @@ def test_bad_configuration_stops_before_work_with_one_line(tmp_path, args, messa
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_sql_views_over_runs_and_output_formats(curated_run, tmp_path, capsys):
+    run_dir, rows, expected, _ = curated_run
+    query = "SELECT run_id, count(*) AS n FROM samples GROUP BY run_id"
+    assert cli.main(["sql", str(run_dir), query, "--format", "json"]) == 0
+    curated = sum(1 for outcome in expected.values() if outcome == "curated")
+    assert json.loads(capsys.readouterr().out) == {"run_id": run_dir.name, "n": curated}
+    out = tmp_path / "texts.parquet"
+    assert cli.main(["sql", str(run_dir), "SELECT * FROM texts", "--format", "parquet",
+                     "--out", str(out)]) == 0  # fmt: skip
+    assert set(pq.read_table(out)["source"].to_pylist()) == {"web", "synthetic"}
+    steps = "SELECT step, count(*) AS n FROM shards GROUP BY step ORDER BY step"
+    assert cli.main(["sql", str(run_dir), steps, "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ['"capfilt",3', '"download",3']
+
+
+def test_bad_query_gives_duckdbs_message_and_nonzero_exit(curated_run, capsys):
+    run_dir = curated_run[0]
+    assert cli.main(["sql", str(run_dir), "SELEC 1"]) == 1
+    captured = capsys.readouterr()
+    assert "syntax error" in captured.err and captured.out == ""
+
+
+def test_catalog_file_opens_in_a_fresh_duckdb(curated_run, tmp_path):
+    import duckdb
+
+    run_dir, rows, _, _ = curated_run
+    assert cli.main(["sql", str(run_dir), "--catalog", str(tmp_path / "c.duckdb")]) == 0
+    con = duckdb.connect(str(tmp_path / "c.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM inputs").fetchone()[0] == len(rows)
+    assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+
+
+def test_runs_lists_status_and_counts(curated_run, capsys):
+    run_dir, rows, _, _ = curated_run
+    assert cli.main(["runs", "--out-root", str(run_dir.parent)]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith(run_dir.name)][0]
+    assert "done" in line and str(len(rows)) in line

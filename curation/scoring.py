@@ -1,0 +1,176 @@
+"""DFN-style scoring: the cosine similarity of an image and its caption under a contrastive model.
+
+Data Filtering Networks (Fang et al. 2023, arXiv 2309.17425) score every pair of a pool with a
+CLIP-style model trained on high-quality data and keep the top fraction (DFN kept 15%; DataComp's
+CLIP-score baseline, Gadre et al. 2023, keeps the top 30% by OpenAI ViT-L/14 score). Their
+finding is that a filter's quality comes from its training data, not from its own benchmark
+accuracy: the scorer to use is one trained on clean data, like the BLIP model our retraining
+writes.
+
+Two kinds of checkpoint load here, told apart by the folder's ``config.json`` (``model_type``):
+- ``clip``: a Hugging Face ``CLIPModel`` + ``CLIPProcessor`` (e.g. ``openai/clip-vit-large-patch14``);
+  the score is the cosine of the projected image and text embeddings (``CLIPModel.forward``'s
+  ``logits_per_image`` before the temperature).
+- ``blip`` with ``BlipForImageTextRetrieval``: the retrieval model our BLIP training writes; the
+  score is the cosine of its ITC embeddings (``forward(use_itm_head=False)``), BLIP's own
+  contrastive similarity, not the ITM head.
+
+Loading follows ``curation.models``: ``from_pretrained`` with safetensors only and no remote code,
+a hub id (offline: from the local Hugging Face cache) or a ``save_pretrained`` folder, and the
+same one-line ``ModelSourceError`` for a source that cannot load.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch.nn.functional import normalize
+from transformers import AutoConfig, CLIPModel, CLIPProcessor
+from transformers.utils import logging as transformers_logging
+
+from curation import models
+
+BLIP_ITC_MAX_TOKENS = 35  # BLIP truncates texts to 35 tokens in its ITC/ITM code
+DEFAULT_BATCH_SIZE = 64  # pairs per forward pass
+
+
+@dataclass
+class Scorer:
+    """A contrastive image-text model in eval mode: one cosine similarity per (image, text) pair.
+
+    Subclasses give the normalised image and text embeddings; ``score`` pairs them up.
+    """
+
+    model: torch.nn.Module
+    processor: object  # CLIPProcessor | BlipProcessor: an image processor and a tokenizer
+    max_text_tokens: int  # texts are truncated to this many tokens (with the special ones)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square model input, in pixels."""
+        return self.model.config.vision_config.image_size
+
+    def preprocess(self, pil_images: list[Image.Image]) -> torch.Tensor:
+        """RGB PIL images -> pixel_values (N, 3, H, W) float32 on CPU; safe on worker threads."""
+        if not pil_images:
+            return torch.empty(0, 3, self.image_size, self.image_size)
+        pixels = self.processor.image_processor(images=pil_images, return_tensors="pt")
+        return pixels["pixel_values"].float()
+
+    def score(
+        self,
+        images: list[Image.Image] | torch.Tensor,
+        texts: list[str | None],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> list[float]:
+        """Cosine similarity of ``images[i]`` and ``texts[i]``, in [-1, 1], one per pair.
+
+        ``images``: PIL images or pixel_values (N, 3, H, W) from ``preprocess``. Pairs go
+        ``batch_size`` at a time; each image runs through the vision tower once. A None text
+        is scored as the empty string.
+        """
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts: one text per image")
+        if not isinstance(images, torch.Tensor):
+            images = self.preprocess(list(images))
+        scores: list[float] = []
+        for start in range(0, len(texts), batch_size):
+            pixels = images[start : start + batch_size]
+            chunk = [t or "" for t in texts[start : start + batch_size]]
+            scores.extend(self._score_batch(pixels, chunk))
+        return scores
+
+    def _score_batch(self, pixel_values: torch.Tensor, texts: list[str]) -> list[float]:
+        with torch.inference_mode():
+            pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
+            image = self.image_embeds(pixel_values)  # (B, E), unit norm
+            text = self.text_embeds(self.tokenize(texts))  # (B, E), unit norm
+            cosine = (image * text).sum(dim=-1).float().clamp(-1.0, 1.0)
+        return cosine.tolist()
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Padded to the longest, truncated to ``max_text_tokens``, on the model's device."""
+        tokens = self.processor.tokenizer(
+            texts,
+            padding="longest",
+            truncation=True,
+            max_length=self.max_text_tokens,
+            return_tensors="pt",
+        )
+        return {k: tokens[k].to(self.device) for k in ("input_ids", "attention_mask")}
+
+    def image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def text_embeds(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ClipScorer(Scorer):
+    """CLIP: cosine of the projected pooled embeddings, as ``CLIPModel.forward`` computes it."""
+
+    def image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled = self.model.get_image_features(pixel_values=pixel_values).pooler_output
+        return normalize(pooled, dim=-1)  # (B, projection_dim)
+
+    def text_embeds(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        pooled = self.model.get_text_features(**tokens).pooler_output  # at the EOS token
+        return normalize(pooled, dim=-1)  # (B, projection_dim)
+
+
+class BlipItcScorer(Scorer):
+    """BLIP retrieval model, ITC: cosine of the projected unimodal [CLS] features
+    (``BlipForImageTextRetrieval.forward(use_itm_head=False)``, pair by pair)."""
+
+    def image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.vision_model(pixel_values=pixel_values)[0]  # (B, 1 + patches, Dv)
+        return normalize(self.model.vision_proj(hidden[:, 0, :]), dim=-1)  # (B, E)
+
+    def text_embeds(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.model.text_encoder(**tokens).last_hidden_state  # (B, L, Dt), text only
+        return normalize(self.model.text_proj(hidden[:, 0, :]), dim=-1)  # (B, E)
+
+
+def scorer_kind(id_or_dir: str) -> str:
+    """``"clip"`` or ``"blip_itc"`` from the checkpoint's config; ModelSourceError otherwise."""
+    models.check_model_source(id_or_dir)
+    config = AutoConfig.from_pretrained(models._resolve(id_or_dir))
+    if config.model_type == "clip":
+        return "clip"
+    if config.model_type == "blip":
+        if "BlipForImageTextRetrieval" in (config.architectures or []):
+            return "blip_itc"
+        raise models.ModelSourceError(
+            f"scorer {id_or_dir!r} is a BLIP {', '.join(config.architectures or ['model'])}, "
+            "not a BlipForImageTextRetrieval (give the filter/retrieval checkpoint)"
+        )
+    raise models.ModelSourceError(
+        f"scorer {id_or_dir!r} has model_type {config.model_type!r}; a scorer must be a CLIP "
+        "model or a BLIP retrieval checkpoint"
+    )
+
+
+def load_scorer(id_or_dir: str, device: torch.device, dtype: torch.dtype) -> Scorer:
+    """The DFN scorer from a hub id or a ``save_pretrained`` folder, in eval mode on device/dtype.
+
+    CLIP: ``CLIPModel`` + ``CLIPProcessor``, texts truncated at the model's position limit
+    (77 for OpenAI's). BLIP retrieval: loaded as ``curation.models.load_filter`` does, texts
+    truncated at 35 tokens as in BLIP's ITC code.
+    """
+    if scorer_kind(id_or_dir) == "blip_itc":
+        filt = models.load_filter(id_or_dir, device, dtype)
+        return BlipItcScorer(filt.model, filt.processor, BLIP_ITC_MAX_TOKENS)
+    source = models._resolve(id_or_dir)
+    transformers_logging.disable_progress_bar()
+    model = CLIPModel.from_pretrained(source, use_safetensors=True, dtype=dtype)
+    model = model.to(device=device, dtype=dtype).eval()
+    processor = CLIPProcessor.from_pretrained(source)
+    return ClipScorer(model, processor, model.config.text_config.max_position_embeddings)

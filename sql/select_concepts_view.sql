@@ -1,0 +1,5 @@
+-- One row per (sample, metadata entry matched by its chosen caption): MetaCLIP's matches
+-- (arXiv 2309.16671), from the annotations the ANNOTATE step wrote. Empty when balancing is off.
+CREATE OR REPLACE VIEW concepts AS
+SELECT a.sample_id, u.entry
+FROM annotations AS a, unnest(a.concepts) AS u(entry);

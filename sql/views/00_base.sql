@@ -1,0 +1,32 @@
+-- The run's Parquet tables, one view each, tagged with the run they come from (the run
+-- directory's name). The file lists are bound by curation/sql.py as variables.
+CREATE OR REPLACE VIEW inputs AS
+SELECT regexp_extract(filename, '([^/]+)/[^/]+/[^/]+$', 1) AS run_id, * EXCLUDE (filename)
+FROM read_parquet(getvariable('inputs_files'), filename = true, union_by_name = true);
+
+CREATE OR REPLACE VIEW curated AS
+SELECT regexp_extract(filename, '([^/]+)/[^/]+/[^/]+$', 1) AS run_id, * EXCLUDE (filename)
+FROM read_parquet(getvariable('curated_files'), filename = true, union_by_name = true);
+
+CREATE OR REPLACE VIEW rejects AS
+SELECT regexp_extract(filename, '([^/]+)/[^/]+/[^/]+$', 1) AS run_id, * EXCLUDE (filename)
+FROM read_parquet(getvariable('rejects_files'), filename = true, union_by_name = true);
+
+-- One row per curated image (the name users reach for first).
+CREATE OR REPLACE VIEW samples AS SELECT * FROM curated;
+
+-- One row per shard and step: rows, counts and seconds from the completion markers.
+CREATE OR REPLACE VIEW shards AS
+SELECT
+    regexp_extract(filename, '([^/]+)/_done/[^/]+/[^/]+$', 1) AS run_id,
+    regexp_extract(filename, '_done/([^/]+)/', 1) AS step,
+    CAST(regexp_extract(filename, '(\d+)\.json$', 1) AS INTEGER) AS shard,
+    * EXCLUDE (filename)
+FROM read_json(getvariable('markers_files'), filename = true, union_by_name = true,
+               format = 'auto');
+
+-- One row per run: its manifest (configuration, versions, counts, timings).
+CREATE OR REPLACE VIEW runs AS
+SELECT regexp_extract(filename, '([^/]+)/manifest\.json$', 1) AS run_id, * EXCLUDE (filename)
+FROM read_json(getvariable('manifests_files'), filename = true, union_by_name = true,
+               format = 'auto');
