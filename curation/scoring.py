@@ -8,9 +8,10 @@ accuracy: the scorer to use is one trained on clean data, like the BLIP model ou
 writes.
 
 Two kinds of checkpoint load here, told apart by the folder's ``config.json`` (``model_type``):
-- ``clip``: a Hugging Face ``CLIPModel`` + ``CLIPProcessor`` (e.g. ``openai/clip-vit-large-patch14``);
-  the score is the cosine of the projected image and text embeddings (``CLIPModel.forward``'s
-  ``logits_per_image`` before the temperature).
+- ``clip``: a Hugging Face ``CLIPModel`` + ``CLIPProcessor`` (e.g.
+  ``openai/clip-vit-large-patch14``, DataComp's baseline scorer); the score is the cosine of
+  the projected image and text embeddings (``CLIPModel.forward``'s ``logits_per_image`` before
+  the temperature).
 - ``blip`` with ``BlipForImageTextRetrieval``: the retrieval model our BLIP training writes; the
   score is the cosine of its ITC embeddings (``forward(use_itm_head=False)``), BLIP's own
   contrastive similarity, not the ITM head.

@@ -10,13 +10,15 @@ SELECT
     caption,
     caption_source,
     caption_itm,
-    list_filter(candidates, x -> x.text = caption AND x.source = caption_source)[1].itc
+    list_filter(candidates, lambda x: x.text = caption AND x.source = caption_source)[1].itc
         AS caption_itc,
     list_transform(
         list_reverse_sort(
-            list_transform(list_filter(candidates, x -> x.kept), x -> {'itm': x.itm, 'text': x.text})
+            list_transform(
+                list_filter(candidates, lambda x: x.kept), lambda x: {'itm': x.itm, 'text': x.text}
+            )
         ),
-        x -> x.text
+        lambda x: x.text
     ) AS captions,
     candidates,
     width,

@@ -1,2 +1,2 @@
--- Whether the connection has a table or view called $name (optional steps add views).
-SELECT count(*) > 0 FROM information_schema.tables WHERE table_name = $name;
+-- Whether the connection has a table or view called $view (optional steps add views).
+SELECT count(*) > 0 FROM information_schema.tables WHERE table_name = $view;

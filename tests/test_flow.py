@@ -186,5 +186,6 @@ def test_catalog_file_opens_in_a_fresh_duckdb(curated_run, tmp_path):
 def test_runs_lists_status_and_counts(curated_run, capsys):
     run_dir, rows, _, _ = curated_run
     assert cli.main(["runs", "--out-root", str(run_dir.parent)]) == 0
-    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith(run_dir.name)][0]
+    lines = capsys.readouterr().out.splitlines()[2:]  # below the header and its rule
+    line = [x for x in lines if x.startswith(run_dir.name)][0]
     assert "done" in line and str(len(rows)) in line

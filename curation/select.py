@@ -1,0 +1,470 @@
+"""Selection after CapFilt: a DFN score threshold and MetaCLIP concept balancing, over the run.
+
+Two curation ideas finish what CapFilt starts (DESIGN.md):
+- DFN scoring (Fang et al. 2023, "Data Filtering Networks", arXiv 2309.17425): a contrastive
+  model scores every (image, chosen caption) pair by cosine similarity; the run keeps the top
+  ``score_keep_fraction`` of the pool (a global quantile, never a per-shard one).
+- MetaCLIP balancing (Xu et al. 2023, "Demystifying CLIP Data", arXiv 2309.16671): every
+  caption is matched against a concept list; entries are counted over the whole pool; a pair is
+  kept when any matched entry draws a keep with probability ``t / max(count, t)``; a pair
+  matching nothing is dropped.
+
+Three steps, map-reduce style, so that the selection is an artifact (DESIGN.md style rule 4):
+1. ``annotate`` (per shard, models): DFN score and matched concepts of each CapFilt survivor.
+2. ``global_plan`` (once, DuckDB over every shard's annotations): the score threshold, the
+   entry counts and ``t``; a JSON-able plan stored as RUN_DIR/selection.json.
+3. ``decide`` (per shard, pure): keep or a reject reason per row, from the plan alone.
+
+Draws are ``balance.keep_sample`` keyed by ``schema.sample_key(sample_id)``: ``sample_id`` is
+the row's position in the URL list, the key that follows it through every stage, unique per
+row (two rows with the same URL still draw independently, so the binomial expectations hold).
+A decision is a pure function of (row, plan), whatever the shard size, row order or workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from curation import balance, schema, sql
+from curation.concepts import ConceptMatcher, csr_to_lists, load_metadata
+from curation.images import decode_image
+
+if TYPE_CHECKING:
+    from curation.scoring import Scorer
+
+METADATA_DIR = Path(__file__).resolve().parent.parent / "data" / "metadata"
+ORDERS = ("score_then_balance", "balance_then_score")
+SELECT_REASONS = (
+    "below_score_quantile",  # DFN score under the run's threshold (or no score)
+    "no_concept_match",  # the chosen caption matches no entry of the concept list
+    "balanced_out",  # every matched entry lost its MetaCLIP keep draw
+)
+PLAN_VERSION = 1
+
+# Per CapFilt survivor (schema.CURATED row): what selection needs. Move to schema.py.
+ANNOTATIONS = pa.schema(
+    [
+        pa.field("sample_id", pa.int64(), nullable=False),
+        # DFN score: cosine of the image and the chosen caption; null without a scorer
+        pa.field("dfn", pa.float32()),
+        # entries of the concept list matched by the chosen caption; null without balancing
+        pa.field("concepts", pa.list_(pa.string())),
+    ]
+)
+
+# One decision per annotated row. Move to schema.py.
+DECISIONS = pa.schema(
+    [
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("keep", pa.bool_(), nullable=False),
+        pa.field("reason", pa.string()),  # null when kept, else one of SELECT_REASONS
+        pa.field("detail", pa.string()),  # human-readable: score vs threshold, entries and p
+    ]
+)
+
+
+@dataclass
+class SelectConfig:
+    """``[select]``: DFN scoring and MetaCLIP balancing of the images that passed CapFilt."""
+
+    # DFN scorer: CLIP hub id/folder or a BLIP retrieval checkpoint; "" = no scoring. Off by
+    # default: the right scorer is one trained on your clean data (DFN's finding), and a
+    # second filter after CapFilt drops 70% of its output at the DataComp setting below.
+    scorer: str = ""
+    # Keep this top fraction of the pool by score: DataComp's CLIP-score baseline keeps 0.3
+    # (OpenAI ViT-L/14), DFN kept 0.15.
+    score_keep_fraction: float = 0.3
+    min_score: float = math.nan  # absolute cosine threshold instead of the fraction; nan = unused
+    # Concept list: a file (.txt one entry a line, or MetaCLIP's metadata.json), or a name in
+    # data/metadata/ ("default": 6,388 entries built from CC3M captions); "" = no balancing.
+    metadata: str = "default"
+    t: int = 0  # MetaCLIP's per-entry cap (20k for 400M pairs); 0 = derive it from tail_share
+    # MetaCLIP 2's way to size t for any pool: the share of matches left to the tail (entries
+    # with count < t); 0.1 is the default of MetaCLIP's own p_to_t.
+    tail_share: float = 0.1
+    casefold: bool = False  # MetaCLIP matches case-sensitively
+    order: str = "score_then_balance"  # or "balance_then_score"
+    seed: int = 0  # balancing draws: a hash of (seed, sample key, entry)
+    batch_size: int = 64  # images per scorer call
+    num_workers: int = 1  # threads decoding and preprocessing ahead of the scorer (0: inline)
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------
+
+
+def check(cfg: SelectConfig) -> list[str]:
+    """Problems of ``cfg``'s values, one line each (empty when fine); no file access."""
+    checks = [
+        (0.0 < cfg.score_keep_fraction <= 1.0, "[select] score_keep_fraction must be in (0, 1]"),
+        (math.isnan(cfg.min_score) or -1.0 <= cfg.min_score <= 1.0,
+         "[select] min_score must be a cosine in [-1, 1], or nan (unused)"),
+        (cfg.t >= 0, "[select] t must be >= 0 (0: derive it from tail_share)"),
+        (0.0 < cfg.tail_share <= 1.0, "[select] tail_share must be in (0, 1]"),
+        (cfg.order in ORDERS, f"[select] order must be one of {', '.join(ORDERS)}"),
+        (cfg.batch_size >= 1, "[select] batch_size must be >= 1"),
+        (cfg.num_workers >= 0, "[select] num_workers must be >= 0"),
+    ]  # fmt: skip
+    return [message for ok, message in checks if not ok]
+
+
+def metadata_path(metadata: str) -> Path | None:
+    """The concept list ``metadata`` names: an existing file, else data/metadata/NAME.{txt,json};
+    None for "" (no balancing). FileNotFoundError naming what was tried otherwise."""
+    if not metadata:
+        return None
+    path = Path(metadata).expanduser()
+    if path.is_file():
+        return path
+    for suffix in (".txt", ".json"):
+        if (METADATA_DIR / f"{metadata}{suffix}").is_file():
+            return METADATA_DIR / f"{metadata}{suffix}"
+    raise FileNotFoundError(
+        f"concept list not found: {metadata} (neither a file nor a name in {METADATA_DIR})"
+    )
+
+
+def load_matcher(cfg: SelectConfig) -> ConceptMatcher | None:
+    """The MetaCLIP matcher for ``cfg.metadata`` (None when balancing is off). Build it once per
+    process: ~3 s for MetaCLIP's 500k entries."""
+    path = metadata_path(cfg.metadata)
+    return None if path is None else ConceptMatcher(load_metadata(path), casefold=cfg.casefold)
+
+
+def decision_settings(cfg: SelectConfig) -> dict:
+    """The settings a decision depends on (not batch sizes), JSON-able (nan -> None)."""
+    settings = dataclasses.asdict(cfg)
+    for name in ("batch_size", "num_workers"):
+        settings.pop(name)
+    settings["min_score"] = None if math.isnan(cfg.min_score) else cfg.min_score
+    return settings
+
+
+# ----------------------------------------------------------------------------------------------
+# Step 1, per shard: annotate
+# ----------------------------------------------------------------------------------------------
+
+
+def annotate(
+    curated: pa.Table,
+    scorer: Scorer | None,
+    matcher: ConceptMatcher | None,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 1,
+) -> pa.Table:
+    """ANNOTATIONS for CapFilt's survivors (``schema.CURATED`` rows): the DFN score of the image
+    with its chosen caption, and the concept-list entries that caption matches.
+
+    Pure except the model call. Images are decoded (``images.decode_image``, which already
+    passed CapFilt's size guards) and preprocessed ``num_workers`` threads ahead of the scorer.
+    """
+    captions = curated["caption"]
+    dfn = None
+    if scorer is not None:
+        dfn = _dfn_scores(scorer, curated["image"].to_pylist(), captions.to_pylist(),
+                          batch_size, num_workers)  # fmt: skip
+    concepts = None if matcher is None else _matched_entries(matcher, captions)
+    return pa.table(
+        {
+            "sample_id": curated["sample_id"],
+            "dfn": pa.array(dfn if dfn is not None else [None] * len(curated), pa.float32()),
+            "concepts": pa.array(concepts or [None] * len(curated), pa.list_(pa.string())),
+        },
+        schema=ANNOTATIONS,
+    )
+
+
+def _matched_entries(matcher: ConceptMatcher, captions: pa.ChunkedArray) -> list[list[str]]:
+    """Distinct matched entries per caption, in concept-list order (MetaCLIP counts a text once
+    per entry; equal entries, e.g. after case folding, count once)."""
+    entries = matcher.entries
+    per_text = csr_to_lists(*matcher.match_csr(captions))
+    return [list(dict.fromkeys(entries[i] for i in ids)) for ids in per_text]
+
+
+def _dfn_scores(
+    scorer: Scorer, images: list[bytes], texts: list[str], batch_size: int, num_workers: int
+) -> list[float | None]:
+    """Score per row; None for an image that no longer decodes (kept as data, not raised)."""
+    scores: list[float | None] = [None] * len(images)
+
+    def prepare(start: int):
+        decoded = [decode_image(b, 0, sys.maxsize) for b in images[start : start + batch_size]]
+        rows = [start + i for i, d in enumerate(decoded) if d.image is not None]
+        return rows, scorer.preprocess([d.image for d in decoded if d.image is not None])
+
+    for rows, pixels in _ahead(prepare, range(0, len(images), batch_size), num_workers):
+        for row, value in zip(rows, scorer.score(pixels, [texts[r] for r in rows]), strict=True):
+            scores[row] = value
+    return scores
+
+
+def _ahead(fn: Callable, items: Iterable, num_workers: int, depth: int = 2) -> Iterable:
+    """``map(fn, items)`` in order, run on ``num_workers`` threads up to ``depth`` items ahead
+    per worker (threads: Pillow and torch release the GIL; forking under Prefect is unsafe)."""
+    if num_workers == 0:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(num_workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > num_workers * depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+# ----------------------------------------------------------------------------------------------
+# Step 2, once per run: the plan
+# ----------------------------------------------------------------------------------------------
+
+
+def connect(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
+    """DuckDB with an ``annotations`` view over RUN_DIR/annotations/*.parquet (empty if none)."""
+    con = duckdb.connect()
+    files = sorted(str(p) for p in (Path(run_dir) / "annotations").glob("*.parquet"))
+    if files:
+        con.read_parquet(files).create_view("annotations")
+    else:
+        con.register("annotations", ANNOTATIONS.empty_table())
+    return con
+
+
+def _one(con: duckdb.DuckDBPyConnection, name: str, **params) -> dict:
+    """The single row of sql/NAME.sql as a dict."""
+    columns, rows = sql.query(con, name, **params)
+    return dict(zip(columns, rows[0], strict=True))
+
+
+def global_plan(source: str | Path | duckdb.DuckDBPyConnection, cfg: SelectConfig) -> dict:
+    """The run's selection plan: DFN threshold, MetaCLIP counts and t, and their statistics.
+
+    ``source``: RUN_DIR, or a DuckDB connection with an ``annotations`` view (ANNOTATIONS).
+    score_then_balance: the threshold is a quantile over every annotated row, and entries are
+    counted over the rows at or above it. balance_then_score: entries are counted over every
+    row, the draws are made, and the threshold is a quantile over the rows balancing kept.
+    JSON-able; stored as RUN_DIR/selection.json, it is all ``decide`` needs.
+    """
+    con = source if isinstance(source, duckdb.DuckDBPyConnection) else connect(source)
+    plan = {"version": PLAN_VERSION, "settings": decision_settings(cfg), "order": cfg.order,
+            "seed": cfg.seed, "sample_key": "schema.sample_key(sample_id)",
+            "rows": con.execute("SELECT count(*) FROM annotations").fetchone()[0],
+            "score": None, "balance": None}  # fmt: skip
+    scoring, balancing = bool(cfg.scorer), metadata_path(cfg.metadata) is not None
+    if cfg.order == "score_then_balance":
+        if scoring:
+            con.execute("CREATE OR REPLACE TEMP VIEW score_population AS "
+                        "SELECT sample_id, dfn FROM annotations")  # fmt: skip
+            plan["score"] = _score_plan(con, cfg, "every annotated row")
+        if balancing:
+            threshold = plan["score"]["threshold"] if scoring else None
+            plan["balance"] = _balance_plan(con, cfg, threshold)
+    else:
+        if balancing:
+            plan["balance"] = _balance_plan(con, cfg, None)
+        if scoring:
+            _register_score_population(con, plan["balance"], cfg.seed)
+            plan["score"] = _score_plan(con, cfg, "rows kept by balancing")
+    return plan
+
+
+def _score_plan(con: duckdb.DuckDBPyConnection, cfg: SelectConfig, population: str) -> dict:
+    """Threshold and score statistics over ``score_population`` (DFN, arXiv 2309.17425)."""
+    min_score = None if math.isnan(cfg.min_score) else cfg.min_score
+    stats = _one(con, "select_score_threshold", keep_fraction=cfg.score_keep_fraction,
+                 min_score=min_score)  # fmt: skip
+    return {
+        **stats,
+        "source": "score_keep_fraction" if min_score is None else "min_score",
+        "keep_fraction": cfg.score_keep_fraction if min_score is None else None,
+        "min_score": min_score,
+        "population": population,
+        "scorer": cfg.scorer,
+    }
+
+
+def _balance_plan(con: duckdb.DuckDBPyConnection, cfg: SelectConfig, threshold) -> dict:
+    """Entry counts over the pool being balanced, t, and the per-entry caps (MetaCLIP)."""
+    counts = con.execute(sql.load("select_entry_counts"), {"threshold": threshold}).arrow()
+    t = cfg.t or balance.t_from_tail_share(counts["matches"].to_numpy(), cfg.tail_share)
+    con.register("entry_counts", counts)
+    population = _one(con, "select_balance_population", threshold=threshold)
+    expected = _one(con, "select_expected_kept", threshold=threshold, t=t)
+    con.unregister("entry_counts")
+    entries, matches = counts["entry"].to_pylist(), counts["matches"].to_numpy()
+    head = matches > t
+    return {
+        **population,
+        **expected,
+        **_count_stats(matches, t),
+        "t": int(t),
+        "t_source": "t" if cfg.t else "tail_share",
+        "tail_share_target": None if cfg.t else cfg.tail_share,
+        "population": "every annotated row" if threshold is None else "rows at or above the "
+        "DFN threshold",
+        "metadata": cfg.metadata,
+        "casefold": cfg.casefold,
+        # entries above t: p = t / count; every other entry has p = 1
+        "head_counts": dict(zip(np.array(entries, dtype=object)[head].tolist(),
+                                matches[head].tolist(), strict=True)),
+    }  # fmt: skip
+
+
+def _count_stats(matches: np.ndarray, t: int) -> dict:
+    """Shape of the concept distribution before and after capping each count at t."""
+    capped = np.minimum(matches, t)
+    return {
+        "entries_matched": int(len(matches)),
+        "capped_entries": int((matches > t).sum()),  # entries balancing thins (p < 1)
+        "head_share": balance.head_share(matches, t),  # matches of entries with count >= t
+        "tail_share": balance.tail_share(matches, t),
+        "gini": balance.gini(matches),  # over matched entries
+        "matches_after_cap": int(capped.sum()),  # MetaCLIP's expected flat-top counts
+        "gini_after_cap": balance.gini(capped),
+        "max_count": int(matches.max()) if len(matches) else 0,
+    }
+
+
+def _register_score_population(con, balance_plan: dict | None, seed: int) -> None:
+    """``score_population`` = the rows balancing keeps (every row when balancing is off),
+    drawn by the same function ``decide`` uses, batch by batch."""
+    if balance_plan is None:
+        con.execute("CREATE OR REPLACE TEMP VIEW score_population AS "
+                    "SELECT sample_id, dfn FROM annotations")  # fmt: skip
+        return
+    probs, kept = probabilities(balance_plan), []
+    reader = con.execute(sql.load("select_balance_rows")).fetch_record_batch()
+    for batch in reader:
+        ids, entries = batch["sample_id"].to_pylist(), batch["concepts"].to_pylist()
+        mask = [balance_keep(i, e, probs, seed) for i, e in zip(ids, entries, strict=True)]
+        kept.append(batch.select(["sample_id", "dfn"]).filter(pa.array(mask, pa.bool_())))
+    survivors = pa.Table.from_batches(kept, schema=ANNOTATIONS.select(["sample_id", "dfn"]))
+    balance_plan["kept_rows"] = len(survivors)
+    con.register("score_population", survivors)
+
+
+# ----------------------------------------------------------------------------------------------
+# Step 3, per shard: decide
+# ----------------------------------------------------------------------------------------------
+
+
+class Probabilities(dict):
+    """``{entry: p}`` for the capped entries; every other entry has p = 1 (count <= t)."""
+
+    def __missing__(self, entry: str) -> float:
+        return 1.0
+
+
+def probabilities(balance_plan: dict) -> Probabilities:
+    """MetaCLIP's p = t / max(count, t) from a plan's ``balance`` part."""
+    heads = balance_plan["head_counts"]
+    probs = balance.probabilities_by_entry(list(heads), list(heads.values()), balance_plan["t"])
+    return Probabilities(probs)
+
+
+def balance_keep(sample_id: int, entries: Sequence[str], probs: Probabilities, seed: int) -> bool:
+    """MetaCLIP's draw for one row: ``balance.keep_sample`` keyed by ``schema.sample_key``.
+    An entry with p = 1 keeps the row without a draw (a uniform draw in [0, 1) always wins)."""
+    if any(probs[e] >= 1.0 for e in entries):
+        return True
+    return balance.keep_sample(entries, probs, schema.sample_key(sample_id), seed)
+
+
+def decide(annotations: pa.Table, plan: dict, cfg: SelectConfig | None = None) -> pa.Table:
+    """DECISIONS for a shard's ANNOTATIONS from the run's plan: pure, no I/O, row by row.
+
+    Checks run in the plan's order; a row gets the reason of the first check it fails. When
+    ``cfg`` is given it must be the configuration the plan was made with (ValueError otherwise:
+    rerun the global step).
+    """
+    if cfg is not None and decision_settings(cfg) != plan["settings"]:
+        raise ValueError("selection plan was made with another [select] configuration; "
+                         "rerun the global selection step")  # fmt: skip
+    checks = _checks(plan)
+    ids = annotations["sample_id"].to_pylist()
+    columns = (annotations[c].to_pylist() for c in ("dfn", "concepts"))
+    verdicts = [_verdict(checks, *row) for row in zip(ids, *columns, strict=True)]
+    reasons = [reason for reason, _ in verdicts]
+    return pa.table(
+        {"sample_id": ids, "keep": [r is None for r in reasons], "reason": reasons,
+         "detail": [detail for _, detail in verdicts]},
+        schema=DECISIONS,
+    )  # fmt: skip
+
+
+def _verdict(checks: list[Callable], sample_id: int, dfn, concepts) -> tuple[str | None, str]:
+    """(reason of the first failed check or None, the details of the checks that ran)."""
+    reason, details = None, []
+    for check_row in checks:
+        reason, detail = check_row(sample_id, dfn, concepts)
+        details.append(detail)
+        if reason is not None:
+            break
+    return reason, "; ".join(details) or None
+
+
+def _checks(plan: dict) -> list[Callable]:
+    """The row checks of the plan, in its order: each returns (reason or None, detail)."""
+    checks = []
+    if plan["score"] is not None:
+        checks.append(_score_check(plan["score"]))
+    if plan["balance"] is not None:
+        checks.append(_balance_check(plan["balance"], plan["seed"]))
+    return checks if plan["order"] == "score_then_balance" else checks[::-1]
+
+
+def _score_check(score_plan: dict) -> Callable:
+    threshold = score_plan["threshold"]
+    if score_plan["source"] == "min_score":
+        bar = f"min_score {threshold:.4f}"
+    else:
+        bar = f"threshold {_fmt(threshold)} (top {score_plan['keep_fraction']:.0%} of the run)"
+
+    def check_row(sample_id, dfn, concepts):
+        if dfn is None or threshold is None:
+            return "below_score_quantile", f"no DFN score to compare with {bar}"
+        if dfn >= threshold:
+            return None, f"DFN {dfn:.4f} >= {bar}"
+        return "below_score_quantile", f"DFN {dfn:.4f} < {bar}"
+
+    return check_row
+
+
+def _balance_check(balance_plan: dict, seed: int) -> Callable:
+    probs, t = probabilities(balance_plan), balance_plan["t"]
+
+    def check_row(sample_id, dfn, concepts):
+        if not concepts:
+            return "no_concept_match", f"caption matches no entry of {balance_plan['metadata']}"
+        listed = _fmt_entries(concepts, probs)
+        if balance_keep(sample_id, concepts, probs, seed):
+            return None, f"kept by MetaCLIP draw (t={t}): {listed}"
+        chance = balance.keep_probability(concepts, probs)
+        return "balanced_out", f"lost MetaCLIP draw, keep chance {chance:.4f} (t={t}): {listed}"
+
+    return check_row
+
+
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:.4f}"
+
+
+def _fmt_entries(entries: Sequence[str], probs: Probabilities, limit: int = 8) -> str:
+    """``'dog' p=1, 'a' p=0.0012`` for the first ``limit`` matched entries, then a count."""
+    shown = ", ".join(f"{e!r} p={probs[e]:.4g}" for e in entries[:limit])
+    return shown + (f" (+{len(entries) - limit} more)" if len(entries) > limit else "")

@@ -1,0 +1,126 @@
+"""DFN scorer on tiny checkpoints built from config: a CLIP folder and our BLIP retrieval folder."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+from curation import models, scoring, tiny
+
+CPU = torch.device("cpu")
+TEXTS = ["a red circle", "", "free shipping click here", "two blue stars on a green field"]
+
+
+def save_tiny_clip(folder, seed: int = 0):
+    """A random CLIPModel (32 px, 2 layers) + CLIPProcessor with the shipped WordPiece tokenizer.
+
+    CLIP pools the text at its EOS token; with a BERT tokenizer that is [SEP].
+    """
+    tokenizer = tiny.load_tokenizer()
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64,
+                bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                  num_hidden_layers=2, num_attention_heads=2)  # fmt: skip
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    with torch.no_grad():  # larger weights than the init, so pair scores spread out
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    model.eval().save_pretrained(folder)
+    crop = {"height": 32, "width": 32}
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size=crop)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="module")
+def blip_dirs(tmp_path_factory):
+    return tiny.save_blip_checkpoints(tmp_path_factory.mktemp("blip"), size="tiny", seed=0)
+
+
+def images(n: int) -> list[Image.Image]:
+    """n distinct RGB images of different sizes and colours."""
+    return [Image.new("RGB", (20 + 7 * i, 30 - 3 * i), (60 * i, 200 - 40 * i, 90)) for i in range(n)]
+
+
+def test_detects_kind_from_config(clip_dir, blip_dirs):
+    assert scoring.scorer_kind(str(clip_dir)) == "clip"
+    assert scoring.scorer_kind(str(blip_dirs[1])) == "blip_itc"
+    assert isinstance(scoring.load_scorer(str(clip_dir), CPU, torch.float32), scoring.ClipScorer)
+
+
+def test_clip_scores_equal_model_forward(clip_dir):
+    scorer = scoring.load_scorer(str(clip_dir), CPU, torch.float32)
+    assert not scorer.model.training and scorer.max_text_tokens == 64
+    scores = scorer.score(images(4), TEXTS, batch_size=3)  # two batches
+    pixels = scorer.preprocess(images(4))
+    assert pixels.shape == (4, 3, 32, 32)
+    with torch.no_grad():
+        out = scorer.model(pixel_values=pixels, **scorer.tokenize(TEXTS))
+    reference = (out.image_embeds * out.text_embeds).sum(dim=-1)  # unit vectors: the cosine
+    logits = out.logits_per_image.diagonal() / scorer.model.logit_scale.exp()
+    assert reference.std() > 1e-2  # pairs are told apart
+    torch.testing.assert_close(torch.tensor(scores), reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(scores), logits, rtol=1e-5, atol=1e-6)
+    assert all(-1.0 <= s <= 1.0 for s in scores)
+
+
+def test_blip_itc_scores_equal_model_forward(blip_dirs):
+    scorer = scoring.load_scorer(str(blip_dirs[1]), CPU, torch.float32)
+    assert isinstance(scorer, scoring.BlipItcScorer) and scorer.max_text_tokens == 35
+    with torch.no_grad():  # larger weights, so the cosines spread out
+        torch.manual_seed(3)
+        for p in scorer.model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    pixels = scorer.preprocess(images(4))
+    scores = scorer.score(pixels, TEXTS, batch_size=2)
+    with torch.no_grad():
+        out = scorer.model(pixel_values=pixels, **scorer.tokenize(TEXTS), use_itm_head=False)
+    reference = out.itm_score.diagonal()  # (N, N) image i vs text j: pairs on the diagonal
+    assert reference.std() > 1e-2
+    torch.testing.assert_close(torch.tensor(scores), reference, rtol=1e-5, atol=1e-6)
+    assert all(-1.0 <= s <= 1.0 for s in scores)
+
+
+def test_pil_and_pixels_batches_agree(clip_dir):
+    scorer = scoring.load_scorer(str(clip_dir), CPU, torch.float32)
+    from_pil = scorer.score(images(4), TEXTS)
+    one_by_one = scorer.score(scorer.preprocess(images(4)), TEXTS, batch_size=1)
+    assert one_by_one == pytest.approx(from_pil, abs=1e-6)
+    assert scorer.score([], []) == []
+    assert scorer.preprocess([]).shape == (0, 3, 32, 32)
+    with pytest.raises(ValueError, match="one text per image"):
+        scorer.score(images(2), ["only one"])
+
+
+def test_bfloat16_close_to_float32(blip_dirs):
+    full = scoring.load_scorer(str(blip_dirs[1]), CPU, torch.float32)
+    half = scoring.load_scorer(str(blip_dirs[1]), CPU, torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+    pixels = full.preprocess(images(3))  # float32 on CPU; score moves it to the model's dtype
+    assert half.score(pixels, TEXTS[:3]) == pytest.approx(full.score(pixels, TEXTS[:3]), abs=0.03)
+
+
+def test_bad_sources_fail_in_one_line(tmp_path, blip_dirs):
+    with pytest.raises(models.ModelSourceError, match="not found"):
+        scoring.load_scorer(str(tmp_path / "missing"), CPU, torch.float32)
+    with pytest.raises(models.ModelSourceError, match="BlipForImageTextRetrieval"):
+        scoring.load_scorer(str(blip_dirs[0]), CPU, torch.float32)  # the captioner
+    other = tmp_path / "bert"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (other / "model.safetensors").write_bytes(b"")
+    with pytest.raises(models.ModelSourceError, match="model_type 'bert'") as err:
+        scoring.scorer_kind(str(other))
+    assert "\n" not in str(err.value)
+    with pytest.raises(models.ModelSourceError, match="local Hugging Face cache"):
+        scoring.scorer_kind("capfilt-tests/no-such-scorer")
