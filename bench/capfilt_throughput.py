@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-side", type=int, default=224, help="side of the JPEGs, in pixels")
     p.add_argument("--repeat", type=int, default=3, help="timed (stage, models) pairs")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/capfilt_bench"), help="checkpoints")
+    p.add_argument("--torch-threads", type=int, default=0, help="intra-op threads (0: torch's)")
     p.add_argument("--profile", type=Path, help="write a cProfile of one stage pass here")
     return p.parse_args(argv)
 
@@ -296,6 +297,8 @@ def report(pairs: list[tuple[float, float]], n: int, outputs_match: bool) -> flo
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     cfg = stage_config(args)
     captioner, filt = load_models(args.size, args.workdir)
     jpegs = make_jpegs(args.images, args.image_side)

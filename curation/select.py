@@ -52,6 +52,7 @@ SELECT_REASONS = (
     "balanced_out",  # every matched entry lost its MetaCLIP keep draw
 )
 PLAN_VERSION = 1
+ROWS_PER_BATCH = 65536  # rows streamed from DuckDB per batch of balancing draws
 
 # Per CapFilt survivor (schema.CURATED row): what selection needs. Move to schema.py.
 ANNOTATIONS = pa.schema(
@@ -263,7 +264,7 @@ def global_plan(source: str | Path | duckdb.DuckDBPyConnection, cfg: SelectConfi
     con = source if isinstance(source, duckdb.DuckDBPyConnection) else connect(source)
     plan = {"version": PLAN_VERSION, "settings": decision_settings(cfg), "order": cfg.order,
             "seed": cfg.seed, "sample_key": "schema.sample_key(sample_id)",
-            "rows": con.execute("SELECT count(*) FROM annotations").fetchone()[0],
+            "rows": con.sql("SELECT count(*) FROM annotations").fetchall()[0][0],
             "score": None, "balance": None}  # fmt: skip
     scoring, balancing = bool(cfg.scorer), metadata_path(cfg.metadata) is not None
     if cfg.order == "score_then_balance":
@@ -300,7 +301,8 @@ def _score_plan(con: duckdb.DuckDBPyConnection, cfg: SelectConfig, population: s
 
 def _balance_plan(con: duckdb.DuckDBPyConnection, cfg: SelectConfig, threshold) -> dict:
     """Entry counts over the pool being balanced, t, and the per-entry caps (MetaCLIP)."""
-    counts = con.execute(sql.load("select_entry_counts"), {"threshold": threshold}).arrow()
+    query = sql.load("select_entry_counts")
+    counts = con.sql(query, params={"threshold": threshold}).to_arrow_table()
     t = cfg.t or balance.t_from_tail_share(counts["matches"].to_numpy(), cfg.tail_share)
     con.register("entry_counts", counts)
     population = _one(con, "select_balance_population", threshold=threshold)
@@ -347,13 +349,15 @@ def _register_score_population(con, balance_plan: dict | None, seed: int) -> Non
         con.execute("CREATE OR REPLACE TEMP VIEW score_population AS "
                     "SELECT sample_id, dfn FROM annotations")  # fmt: skip
         return
-    probs, kept = probabilities(balance_plan), []
-    reader = con.execute(sql.load("select_balance_rows")).fetch_record_batch()
-    for batch in reader:
+    probs = probabilities(balance_plan)
+    columns = pa.schema([("sample_id", pa.int64()), ("dfn", pa.float32())])
+    kept = [columns.empty_table()]
+    for batch in con.sql(sql.load("select_balance_rows")).to_arrow_reader(ROWS_PER_BATCH):
         ids, entries = batch["sample_id"].to_pylist(), batch["concepts"].to_pylist()
         mask = [balance_keep(i, e, probs, seed) for i, e in zip(ids, entries, strict=True)]
-        kept.append(batch.select(["sample_id", "dfn"]).filter(pa.array(mask, pa.bool_())))
-    survivors = pa.Table.from_batches(kept, schema=ANNOTATIONS.select(["sample_id", "dfn"]))
+        rows = pa.Table.from_batches([batch]).select(columns.names).cast(columns)
+        kept.append(rows.filter(pa.array(mask, pa.bool_())))
+    survivors = pa.concat_tables(kept)
     balance_plan["kept_rows"] = len(survivors)
     con.register("score_population", survivors)
 

@@ -55,6 +55,24 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_schedule(args) -> int:
+    cfg = run_config(args)
+    caption_col = args.caption_col or None
+    urls.read_url_list(args.urls, args.url_col, caption_col)
+    models.check_model_source(cfg.capfilt.captioner)
+    models.check_model_source(cfg.capfilt.filter)
+    _quiet()
+    from flows.schedule import serve
+
+    parameters = {
+        "urls": str(Path(args.urls).resolve()), "out_root": str(Path(args.out_root).resolve()),
+        "url_col": args.url_col, "caption_col": caption_col, "config": cfg.to_dict(),
+    }  # fmt: skip
+    print(f"serving deployment curate-scheduled/{args.name} on cron {args.cron!r}; Ctrl-C stops")
+    serve(args.name, args.cron, parameters)
+    return 0
+
+
 def cmd_stats(args) -> int:
     print(stats.report(args.run_dir))
     return 0
@@ -100,12 +118,9 @@ def cmd_demo(args) -> int:
     return demo(args.out)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="curate", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="download, caption and filter a URL list into RUN_DIR")
+def add_run_options(r: argparse.ArgumentParser) -> None:
+    """The options `curate run` and `curate schedule` share."""
     r.add_argument("--urls", required=True, help="URL list: .parquet, .csv, .tsv or .jsonl")
-    r.add_argument("--out", required=True, help="run directory (rerun to resume)")
     r.add_argument("--url-col", default="url")
     r.add_argument("--caption-col", default="caption", help="alt-text column ('' for none)")
     r.add_argument("--config", help="TOML file or preset name from data/presets")
@@ -115,7 +130,21 @@ def parser() -> argparse.ArgumentParser:
         "--allow-private-network", action="store_true",
         help="allow loopback/private addresses (tests, demo, intranet mirrors)",
     )  # fmt: skip
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="curate", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="download, caption and filter a URL list into RUN_DIR")
+    r.add_argument("--out", required=True, help="run directory (rerun to resume)")
+    add_run_options(r)
     r.set_defaults(func=cmd_run)
+    c = sub.add_parser("schedule", help="serve a Prefect deployment running `curate run` on cron")
+    c.add_argument("--cron", required=True, help='e.g. "0 3 * * *" (03:00 every day)')
+    c.add_argument("--out-root", required=True, help="each run writes OUT_ROOT/<UTC timestamp>")
+    c.add_argument("--name", default="nightly", help="deployment name")
+    add_run_options(c)
+    c.set_defaults(func=cmd_schedule)
     s = sub.add_parser("stats", help="print a run's funnel and score summaries")
     s.add_argument("run_dir")
     s.set_defaults(func=cmd_stats)

@@ -13,4 +13,4 @@ WITH pairs AS (
 per_row AS (
     SELECT 1.0 - product(1.0 - p) AS keep_probability FROM pairs GROUP BY sample_id
 )
-SELECT coalesce(sum(keep_probability), 0.0) AS expected_kept_rows FROM per_row;
+SELECT round(coalesce(fsum(keep_probability), 0.0), 3) AS expected_kept_rows FROM per_row;

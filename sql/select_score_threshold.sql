@@ -19,5 +19,5 @@ SELECT
     quantile_cont(dfn::DOUBLE, 0.75) AS p75,
     quantile_cont(dfn::DOUBLE, 0.9) AS p90,
     max(dfn)::DOUBLE AS max,
-    avg(dfn::DOUBLE) AS mean
+    fsum(dfn::DOUBLE) / count(dfn) AS mean
 FROM score_population;
