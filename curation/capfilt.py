@@ -205,3 +205,24 @@ def to_tables(result: ShardResult) -> tuple[pa.Table, pa.Table]:
     curated = pa.Table.from_pylist(result.curated, schema=schema.CURATED)
     rejects = pa.Table.from_pylist(result.rejects, schema=schema.REJECTS)
     return curated, rejects
+
+
+def apply_decisions(passed: pa.Table, notes: pa.Table, decisions: pa.Table, shard: int):
+    """Split CapFilt's survivors by the selection decisions: (curated, rejects) tables.
+
+    Curated rows gain their DFN score and matched concepts; dropped rows become rejects of the
+    `select` stage with the decision's reason and detail. Rows are matched by sample_id.
+    """
+    note_by_id = {r["sample_id"]: r for r in notes.to_pylist()}
+    verdict = {r["sample_id"]: r for r in decisions.to_pylist()}
+    curated, rejects = [], []
+    for row in passed.to_pylist():
+        decision = verdict[row["sample_id"]]
+        if decision["keep"]:
+            note = note_by_id[row["sample_id"]]
+            curated.append({**row, "dfn": note["dfn"], "concepts": note["concepts"]})
+        else:
+            rejects.append(_reject(row, "select", decision["reason"], decision["detail"], shard,
+                                   row["candidates"]))  # fmt: skip
+    return (pa.Table.from_pylist(curated, schema=schema.CURATED),
+            pa.Table.from_pylist(rejects, schema=schema.REJECTS))  # fmt: skip

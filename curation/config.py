@@ -10,6 +10,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from curation.select import SelectConfig, check as check_select  # [select] lives beside its stage
+
 PRESET_DIR = Path(__file__).resolve().parent.parent / "data" / "presets"
 
 CAPTIONER_DEFAULT = "Salesforce/blip-image-captioning-large"
@@ -59,6 +61,7 @@ class RunConfig:
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     capfilt: CapFiltConfig = field(default_factory=CapFiltConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -118,6 +121,6 @@ def validate(config: RunConfig) -> None:
         (c.min_new_tokens <= c.max_new_tokens, "[capfilt] min_new_tokens > max_new_tokens"),
         (config.download.timeout > 0, "[download] timeout must be > 0"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    problems = [message for ok, message in checks if not ok] + check_select(config.select)
+    if problems:
+        raise ConfigError(problems[0])

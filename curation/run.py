@@ -4,8 +4,12 @@ Layout of RUN_DIR (deterministic paths, so a rerun finds what is done):
     run.json                 what the run is (URL list fingerprint, configuration)
     input/00000.parquet      the URL list cut into shards (schema.INPUT)
     raw/00000.parquet        download results, one row per input row (schema.RAW)
+    capfilt/00000.parquet    images that passed CapFilt (schema.CURATED, before selection)
+    annotations/00000.parquet  their DFN score and matched concepts (schema.ANNOTATIONS)
+    selection.json           the global selection plan: score threshold, concept counts, t
+    decisions/00000.parquet  keep / reason per CapFilt survivor (schema.DECISIONS)
     shards/00000.parquet     curated rows (schema.CURATED)
-    rejects/00000.parquet    every input row that did not make it (schema.REJECTS)
+    rejects/<step>-00000.parquet  every input row that did not make it (schema.REJECTS)
     _done/<step>/00000.json  completion marker with the step's counts and timings
     manifest.json            configuration, versions, counts per stage and reason, timings
 """
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from curation import capfilt, download, io, models, schema, urls
+from curation import capfilt, download, io, models, schema, scoring, select, urls
 from curation.config import RunConfig, from_dict
 
 
@@ -65,8 +69,8 @@ def input_path(run_dir: Path, shard: int) -> Path:
     return Path(run_dir) / "input" / f"{io.shard_name(shard)}.parquet"
 
 
-def output_path(run_dir: Path, kind: str, shard: int) -> Path:
-    return Path(run_dir) / kind / f"{io.shard_name(shard)}.parquet"
+def output_path(run_dir: Path, kind: str, shard: int, prefix: str = "") -> Path:
+    return Path(run_dir) / kind / f"{prefix}{io.shard_name(shard)}.parquet"
 
 
 def download_step(run_dir: Path, shard: int, cfg: RunConfig) -> dict:
@@ -95,22 +99,81 @@ def load_models(captioner_id: str, filter_id: str):
 
 
 def capfilt_step(run_dir: Path, shard: int, cfg: RunConfig, progress=None) -> dict:
-    """CapFilt one downloaded shard into shards/ and rejects/, unless already done."""
+    """CapFilt one downloaded shard into capfilt/ and rejects/, unless already done."""
     done = io.read_marker(run_dir, "capfilt", shard)
     if done is not None:
         return done
     captioner, filt = load_models(cfg.capfilt.captioner, cfg.capfilt.filter)
     raw = pq.read_table(output_path(run_dir, "raw", shard))
     result = capfilt.capfilt_shard(raw, captioner, filt, cfg.capfilt, shard, progress)
-    curated, rejects = capfilt.to_tables(result)
-    io.write_parquet(curated, output_path(run_dir, "shards", shard), schema.CURATED)
-    io.write_parquet(rejects, output_path(run_dir, "rejects", shard), schema.REJECTS)
+    passed, rejects = capfilt.to_tables(result)
+    io.write_parquet(passed, output_path(run_dir, "capfilt", shard), schema.CURATED)
+    io.write_parquet(rejects, output_path(run_dir, "rejects", shard, "capfilt-"), schema.REJECTS)
     summary = {
-        "rows": len(raw), "curated": len(curated),
+        "rows": len(raw), "passed": len(passed),
         "rejects": dict(Counter(rejects["reason"].to_pylist())),
         "images": result.images, "seconds": result.seconds, "model_seconds": result.model_seconds,
     }  # fmt: skip
     io.write_marker(run_dir, "capfilt", shard, summary)
+    return summary
+
+
+@lru_cache(maxsize=2)
+def load_selectors(scorer_id: str, metadata: str, casefold: bool):
+    """The DFN scorer and the concept matcher, each built once per process (None when off)."""
+    device, dtype = models.pick_device()
+    scorer = scoring.load_scorer(scorer_id, device, dtype) if scorer_id else None
+    cfg = select.SelectConfig(metadata=metadata, casefold=casefold)
+    return scorer, select.load_matcher(cfg)
+
+
+def annotate_step(run_dir: Path, shard: int, cfg: RunConfig) -> dict:
+    """DFN score and concept matches of one shard's CapFilt survivors, unless already done."""
+    done = io.read_marker(run_dir, "annotate", shard)
+    if done is not None:
+        return done
+    started = time.perf_counter()
+    c = cfg.select
+    scorer, matcher = load_selectors(c.scorer, c.metadata, c.casefold)
+    passed = pq.read_table(output_path(run_dir, "capfilt", shard))
+    notes = select.annotate(passed, scorer, matcher, batch_size=c.batch_size,
+                            num_workers=c.num_workers)  # fmt: skip
+    io.write_parquet(notes, output_path(run_dir, "annotations", shard), schema.ANNOTATIONS)
+    summary = {"rows": len(notes), "seconds": time.perf_counter() - started}
+    io.write_marker(run_dir, "annotate", shard, summary)
+    return summary
+
+
+def plan_step(run_dir: Path, cfg: RunConfig) -> dict:
+    """The run's global selection plan (selection.json), computed once over every shard."""
+    path = Path(run_dir) / "selection.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    plan = select.global_plan(run_dir, cfg.select)
+    io.write_json(plan, path)
+    return plan
+
+
+def select_step(run_dir: Path, shard: int, cfg: RunConfig) -> dict:
+    """Apply the plan to one shard: decisions/, curated shards/ and selection rejects."""
+    done = io.read_marker(run_dir, "select", shard)
+    if done is not None:
+        return done
+    started = time.perf_counter()
+    plan = json.loads((Path(run_dir) / "selection.json").read_text())
+    passed = pq.read_table(output_path(run_dir, "capfilt", shard))
+    notes = pq.read_table(output_path(run_dir, "annotations", shard))
+    decisions = select.decide(notes, plan, cfg.select)
+    io.write_parquet(decisions, output_path(run_dir, "decisions", shard), schema.DECISIONS)
+    curated, rejects = capfilt.apply_decisions(passed, notes, decisions, shard)
+    io.write_parquet(curated, output_path(run_dir, "shards", shard), schema.CURATED)
+    io.write_parquet(rejects, output_path(run_dir, "rejects", shard, "select-"), schema.REJECTS)
+    summary = {
+        "rows": len(passed), "curated": len(curated),
+        "rejects": dict(Counter(rejects["reason"].to_pylist())),
+        "seconds": time.perf_counter() - started,
+    }  # fmt: skip
+    io.write_marker(run_dir, "select", shard, summary)
     return summary
 
 
@@ -122,11 +185,12 @@ def versions() -> dict:
 def write_manifest(run_dir: Path, cfg: RunConfig, timings: dict) -> dict:
     """Sum the per-shard markers into RUN_DIR/manifest.json; inputs = curated + rejected."""
     run = json.loads((Path(run_dir) / "run.json").read_text())
-    steps = [io.read_marker(run_dir, "capfilt", s) for s in range(run["shards"])]
-    rejects = sum((Counter(s["rejects"]) for s in steps), Counter())
+    markers = [io.read_marker(run_dir, step, s)
+               for step in ("capfilt", "select") for s in range(run["shards"])]  # fmt: skip
+    rejects = sum((Counter(m["rejects"]) for m in markers), Counter())
     counts = {
         "input": run["rows"],
-        "curated": sum(s["curated"] for s in steps),
+        "curated": sum(m.get("curated", 0) for m in markers),
         "rejected": sum(rejects.values()),
         "rejects_by_reason": dict(sorted(rejects.items())),
     }
@@ -153,7 +217,7 @@ def summary(run_dir: Path) -> dict:
     known = json.loads((run_dir / "run.json").read_text())
     manifest_file = run_dir / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else None
-    done = sum(1 for _ in (run_dir / "_done" / "capfilt").glob("*.json"))
+    done = sum(1 for _ in (run_dir / "_done" / "select").glob("*.json"))
     counts = manifest["counts"] if manifest else {"curated": None, "rejected": None}
     return {
         "run": run_dir.name,

@@ -55,6 +55,8 @@ CURATED = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("sha256", pa.string()),  # of the image bytes as downloaded
         pa.field("shard", pa.int32()),
+        pa.field("dfn", pa.float32()),  # DFN-style score of image and caption (null: no scorer)
+        pa.field("concepts", pa.list_(pa.string())),  # concept entries the caption matches
     ]
 )
 
@@ -66,6 +68,9 @@ REJECT_REASONS = (
     "image_too_small",  # a side below capfilt.min_image_side (tracking pixels)
     "image_too_large",  # more pixels than capfilt.max_image_pixels (decompression bombs)
     "no_matching_text",  # no web or synthetic text reached the ITM threshold
+    "below_score_quantile",  # DFN score under the run's global threshold
+    "no_concept_match",  # the caption matches no entry of the concept list (MetaCLIP)
+    "balanced_out",  # every matched entry lost its MetaCLIP keep draw
 )
 
 REJECTS = pa.schema(
@@ -73,7 +78,7 @@ REJECTS = pa.schema(
         pa.field("sample_id", pa.int64(), nullable=False),
         pa.field("url", pa.string()),
         pa.field("web_text", pa.string()),
-        pa.field("stage", pa.string()),  # "download" | "decode" | "capfilt"
+        pa.field("stage", pa.string()),  # "download" | "decode" | "capfilt" | "select"
         pa.field("reason", pa.string()),  # one of REJECT_REASONS
         pa.field("detail", pa.string()),  # human-readable
         pa.field("candidates", pa.list_(CANDIDATE)),  # scores, when the filter saw the image
@@ -81,6 +86,27 @@ REJECTS = pa.schema(
     ]
 )
 
+
+# Per CapFilt survivor: what the global selection needs (curation/select.py).
+ANNOTATIONS = pa.schema(
+    [
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field(
+            "dfn", pa.float32()
+        ),  # cosine of the image and the chosen caption; null: no scorer
+        pa.field("concepts", pa.list_(pa.string())),  # matched entries; null: no balancing
+    ]
+)
+
+# One selection decision per annotated row: the selection as an artifact (DataComp's uid lists).
+DECISIONS = pa.schema(
+    [
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("keep", pa.bool_(), nullable=False),
+        pa.field("reason", pa.string()),  # null when kept
+        pa.field("detail", pa.string()),  # score vs threshold, or the entries and their p
+    ]
+)
 
 # A clean, human-captioned set (`curate finetune --clean`): several rows per image allowed.
 CLEAN = pa.schema(

@@ -54,26 +54,11 @@ SELECT_REASONS = (
 PLAN_VERSION = 1
 ROWS_PER_BATCH = 65536  # rows streamed from DuckDB per batch of balancing draws
 
-# Per CapFilt survivor (schema.CURATED row): what selection needs. Move to schema.py.
-ANNOTATIONS = pa.schema(
-    [
-        pa.field("sample_id", pa.int64(), nullable=False),
-        # DFN score: cosine of the image and the chosen caption; null without a scorer
-        pa.field("dfn", pa.float32()),
-        # entries of the concept list matched by the chosen caption; null without balancing
-        pa.field("concepts", pa.list_(pa.string())),
-    ]
-)
-
-# One decision per annotated row. Move to schema.py.
-DECISIONS = pa.schema(
-    [
-        pa.field("sample_id", pa.int64(), nullable=False),
-        pa.field("keep", pa.bool_(), nullable=False),
-        pa.field("reason", pa.string()),  # null when kept, else one of SELECT_REASONS
-        pa.field("detail", pa.string()),  # human-readable: score vs threshold, entries and p
-    ]
-)
+# Declared once, in schema.py: per CapFilt survivor, sample_id, dfn (cosine of the image and the
+# chosen caption; null without a scorer), concepts (matched entries; null without balancing).
+ANNOTATIONS = schema.ANNOTATIONS
+# One decision per annotated row: sample_id, keep, reason (null or SELECT_REASONS), detail.
+DECISIONS = schema.DECISIONS
 
 
 @dataclass
@@ -136,6 +121,17 @@ def metadata_path(metadata: str) -> Path | None:
     raise FileNotFoundError(
         f"concept list not found: {metadata} (neither a file nor a name in {METADATA_DIR})"
     )
+
+
+def check_sources(cfg: SelectConfig) -> None:
+    """Fail fast at the entry point, in one line: the concept list must exist
+    (FileNotFoundError) and the scorer must be a loadable CLIP or BLIP retrieval checkpoint
+    (``models.ModelSourceError``). Imports torch only when a scorer is set."""
+    metadata_path(cfg.metadata)
+    if cfg.scorer:
+        from curation.scoring import scorer_kind
+
+        scorer_kind(cfg.scorer)
 
 
 def load_matcher(cfg: SelectConfig) -> ConceptMatcher | None:
@@ -269,11 +265,12 @@ def global_plan(source: str | Path | duckdb.DuckDBPyConnection, cfg: SelectConfi
     scoring, balancing = bool(cfg.scorer), metadata_path(cfg.metadata) is not None
     if cfg.order == "score_then_balance":
         if scoring:
-            con.execute("CREATE OR REPLACE TEMP VIEW score_population AS "
-                        "SELECT sample_id, dfn FROM annotations")  # fmt: skip
+            _set_score_population(con, "all")
             plan["score"] = _score_plan(con, cfg, "every annotated row")
         if balancing:
             threshold = plan["score"]["threshold"] if scoring else None
+            if scoring and threshold is None:  # nothing was scored: nothing passes
+                threshold = math.inf
             plan["balance"] = _balance_plan(con, cfg, threshold)
     else:
         if balancing:
@@ -346,9 +343,7 @@ def _register_score_population(con, balance_plan: dict | None, seed: int) -> Non
     """``score_population`` = the rows balancing keeps (every row when balancing is off),
     drawn by the same function ``decide`` uses, batch by batch."""
     if balance_plan is None:
-        con.execute("CREATE OR REPLACE TEMP VIEW score_population AS "
-                    "SELECT sample_id, dfn FROM annotations")  # fmt: skip
-        return
+        return _set_score_population(con, "all")
     probs = probabilities(balance_plan)
     columns = pa.schema([("sample_id", pa.int64()), ("dfn", pa.float32())])
     kept = [columns.empty_table()]
@@ -359,7 +354,13 @@ def _register_score_population(con, balance_plan: dict | None, seed: int) -> Non
         kept.append(rows.filter(pa.array(mask, pa.bool_())))
     survivors = pa.concat_tables(kept)
     balance_plan["kept_rows"] = len(survivors)
-    con.register("score_population", survivors)
+    con.register("balance_survivors", survivors)
+    _set_score_population(con, "balanced")
+
+
+def _set_score_population(con: duckdb.DuckDBPyConnection, rows: str) -> None:
+    """Point select_score_threshold's ``score_population`` at ``rows``: "all" or "balanced"."""
+    con.execute(sql.load(f"select_population_{rows}"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ import time
 class Progress:
     def __init__(self, shards: int):
         self.shards, self.started = shards, time.perf_counter()
-        self.done = {"download": 0, "capfilt": 0}
+        self.done = {"download": 0, "capfilt": 0, "annotate": 0, "select": 0}
         self.images = 0
-        self.seconds = {"download": 0.0, "capfilt": 0.0}  # summed over shards run or skipped
+        self.seconds = dict.fromkeys(self.done, 0.0)  # summed over shards run or skipped
 
     def _say(self, text: str) -> None:
         print(f"[curate {time.perf_counter() - self.started:7.1f}s] {text}", file=sys.stderr)
@@ -21,7 +21,11 @@ class Progress:
         if step == "capfilt":
             self.images += summary["images"]
             rate = summary["images"] / max(summary["seconds"], 1e-9)
-            detail = f"{summary['curated']} curated, {rate:.1f} img/s"
+            detail = f"{summary['passed']} passed, {rate:.1f} img/s"
+        if step == "select":
+            detail = f"{summary['curated']} curated of {summary['rows']}"
+        if step == "annotate":
+            detail = f"{summary['rows']} rows"
         self._say(f"{step} shard {shard:05d} done ({self.done[step]}/{self.shards}): {detail}")
 
     def finish(self, counts: dict) -> None:

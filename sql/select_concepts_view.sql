@@ -1,5 +1,6 @@
 -- One row per (sample, metadata entry matched by its chosen caption): MetaCLIP's matches
--- (arXiv 2309.16671), from the annotations the ANNOTATE step wrote. Empty when balancing is off.
+-- (arXiv 2309.16671), from the annotations the ANNOTATE step wrote; keeps the annotations'
+-- other key columns (run_id where the view has it). Empty when balancing is off.
 CREATE OR REPLACE VIEW concepts AS
-SELECT a.sample_id, u.entry
+SELECT a.* EXCLUDE (dfn, concepts), u.entry
 FROM annotations AS a, unnest(a.concepts) AS u(entry);

@@ -46,6 +46,7 @@ def curated_run(tmp_path_factory, web, tiny_models, prefect_harness):
     (root / "cfg.toml").write_text(
         "[sharding]\nshard_size = 5\n[capfilt]\nitm_threshold = 0.0\nnum_captions = 2\n"
         "batch_size = 3\nmax_new_tokens = 6\nmin_new_tokens = 2\n[download]\ntimeout = 5\n"
+        '[select]\nmetadata = ""\n'
     )
     captioner, filt = tiny_models
     argv = ["run", "--urls", str(root / "urls.parquet"), "--out", str(root / "run"),
@@ -163,7 +164,8 @@ def test_sql_views_over_runs_and_output_formats(curated_run, tmp_path, capsys):
     assert set(pq.read_table(out)["source"].to_pylist()) == {"web", "synthetic"}
     steps = "SELECT step, count(*) AS n FROM shards GROUP BY step ORDER BY step"
     assert cli.main(["sql", str(run_dir), steps, "--format", "csv"]) == 0
-    assert capsys.readouterr().out.splitlines()[1:] == ['"capfilt",3', '"download",3']
+    steps_seen = capsys.readouterr().out.splitlines()[1:]
+    assert steps_seen == ['"annotate",3', '"capfilt",3', '"download",3', '"select",3']
 
 
 def test_bad_query_gives_duckdbs_message_and_nonzero_exit(curated_run, capsys):

@@ -49,7 +49,9 @@ def blip_dirs(tmp_path_factory):
 
 def images(n: int) -> list[Image.Image]:
     """n distinct RGB images of different sizes and colours."""
-    return [Image.new("RGB", (20 + 7 * i, 30 - 3 * i), (60 * i, 200 - 40 * i, 90)) for i in range(n)]
+    return [
+        Image.new("RGB", (20 + 7 * i, 30 - 3 * i), (60 * i, 200 - 40 * i, 90)) for i in range(n)
+    ]
 
 
 def test_detects_kind_from_config(clip_dir, blip_dirs):

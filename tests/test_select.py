@@ -64,13 +64,23 @@ def test_config_defaults_and_checks():
 
 def test_metadata_resolves_names_and_files(tmp_path):
     assert select.metadata_path("default") == ROOT / "data" / "metadata" / "default.txt"
-    assert select.metadata_path("") is None and select.load_matcher(SelectConfig(metadata="")) is None
+    assert (
+        select.metadata_path("") is None and select.load_matcher(SelectConfig(metadata="")) is None
+    )
     own = tmp_path / "mine.txt"
     own.write_text("dog\ncat\n")
     matcher = select.load_matcher(SelectConfig(metadata=str(own), casefold=True))
     assert matcher.entries == ["dog", "cat"] and matcher.casefold
     with pytest.raises(FileNotFoundError, match="concept list not found: nope"):
         select.metadata_path("nope")
+
+
+def test_check_sources_fails_fast(tmp_path):
+    select.check_sources(SelectConfig())  # the shipped list, no scorer
+    with pytest.raises(FileNotFoundError, match="concept list not found"):
+        select.check_sources(SelectConfig(metadata=str(tmp_path / "missing.txt")))
+    with pytest.raises(ValueError, match="model folder not found"):  # models.ModelSourceError
+        select.check_sources(SelectConfig(scorer=str(tmp_path / "no-scorer")))
 
 
 # -- annotate --------------------------------------------------------------------------------
@@ -238,9 +248,12 @@ def test_decisions_do_not_depend_on_sharding_or_order(tmp_path, order):
 def test_the_two_orders():
     table = pool(n_head=2000, n_tail=200, n_none=100, seed=4)
     first = SelectConfig(scorer="a-scorer", metadata="default", t=100, seed=1)
-    score_first = plan_for(table, first)
     later = dataclasses.replace(first, order="balance_then_score")
-    balance_first = plan_for(table, later)
+    con = duckdb.connect()  # one connection for both, as `curate stats` may hold
+    con.register("annotations", table)
+    score_first = select.global_plan(con, first)
+    balance_first = select.global_plan(con, later)
+    assert select.global_plan(con, first) == score_first
     # score first: the quantile is over every row; counts only over the rows above it
     assert score_first["score"]["population_rows"] == 2300
     assert score_first["balance"]["population_rows"] == score_first["score"]["kept_rows"] == 690
@@ -276,6 +289,15 @@ def test_nothing_enabled_keeps_everything():
     assert plan["score"] is None and plan["balance"] is None
     decided = select.decide(table, plan, cfg)
     assert all(decided["keep"].to_pylist()) and decided["detail"].null_count == 7
+
+
+def test_scorer_without_scores_passes_nothing():
+    table = annotations([(0, None, ["dog"]), (1, None, ["cat"])])
+    cfg = SelectConfig(scorer="a-scorer", metadata="default")
+    plan = plan_for(table, cfg)
+    assert plan["score"]["threshold"] is None and plan["balance"]["population_rows"] == 0
+    reasons = select.decide(table, plan, cfg)["reason"].to_pylist()
+    assert reasons == ["below_score_quantile"] * 2
 
 
 def test_empty_run():
@@ -320,7 +342,8 @@ def test_stats_sql_matches_the_plan():
     columns, rows = sql.query(con, "stats_scores", threshold=plan["score"]["threshold"])
     scores = {r[0]: dict(zip(columns, r, strict=True)) for r in rows}
     assert scores["pool"]["at_or_above"] == plan["score"]["kept_rows"] == 105
-    assert scores["curated"]["rows"] == len(kept) and scores["curated"]["min"] >= scores["pool"][
-        "threshold"
-    ] - 1e-4
+    assert (
+        scores["curated"]["rows"] == len(kept)
+        and scores["curated"]["min"] >= scores["pool"]["threshold"] - 1e-4
+    )
     assert sql.query(con, "stats_scores", threshold=None)[1][0][-1] == 0

@@ -1,0 +1,188 @@
+"""BLIP training: the pair readers, each objective, exact resume, and outputs that load."""
+
+import math
+
+import pyarrow as pa
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from curation import schema, synthetic, tiny, train
+from curation.io import write_parquet
+from curation.train import TrainConfig
+
+# Tiny models, a few dozen steps: seconds on one CPU core.
+TINY = dict(size="tiny", batch_size=8, lr=2e-3, warmup=3, log_every=1, seed=0)
+
+
+def jpeg(colour: str, side: int = 32) -> bytes:
+    scene = synthetic.Scene(colour, (synthetic.Obj("circle", "red", "large", "center"),))
+    return synthetic.encode_jpeg(synthetic.render_scene(scene, side, side))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    return synthetic.write_world(root, n_web=60, clean_frac=0.5, n_eval=8, image_size=(32, 40))
+
+
+@pytest.fixture(scope="module")
+def clean_pairs(world):
+    return train.pairs_from_clean(world.clean)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, clean_pairs):
+    """One uninterrupted tiny pretraining: (out_dir, log)."""
+    out = tmp_path_factory.mktemp("pretrained")
+    cfg = TrainConfig(**TINY, epochs=4, checkpoint_every=5)
+    return out, train.pretrain(clean_pairs, out, cfg)
+
+
+def vision_weights(folder) -> dict[str, torch.Tensor]:
+    weights = load_file(str(folder / "model.safetensors"))
+    return {k: v for k, v in weights.items() if k.startswith("vision_model.")}
+
+
+def all_weights(out) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}/{key}": value
+        for name in ("captioner", "filter", "scorer")
+        for key, value in load_file(str(out / name / "model.safetensors")).items()
+    }
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+def test_pairs_from_raw_keeps_successes_with_text(tmp_path):
+    rows = [
+        dict(sample_id=0, status="success", web_text="a red circle", image=b"A"),
+        dict(sample_id=1, status="success", web_text="  ", image=b"B"),  # no text
+        dict(sample_id=2, status="success", web_text=None, image=b"C"),
+        dict(sample_id=3, status="download_failed", web_text="a blue star", image=None),
+        dict(sample_id=4, status="success", web_text="IMG_0001.jpg", image=b"E"),
+    ]
+    write_parquet(
+        pa.Table.from_pylist(rows, schema.RAW), tmp_path / "raw/00000.parquet", schema.RAW
+    )
+    assert train.pairs_from_raw(tmp_path) == [(b"A", "a red circle"), (b"E", "IMG_0001.jpg")]
+
+
+def test_pairs_from_curated_takes_every_kept_candidate(tmp_path):
+    def cand(text, kept):
+        return dict(text=text, source="web", itm=0.9, itc=0.3, kept=kept)
+
+    rows = [
+        dict(sample_id=0, image=b"A", candidates=[cand("web", True), cand("syn", True)]),
+        dict(sample_id=1, image=b"B", candidates=[cand("dropped", False), cand("kept", True)]),
+    ]
+    for shard, row in enumerate(rows):
+        table = pa.Table.from_pylist([row], schema.CURATED)
+        write_parquet(table, tmp_path / f"shards/{shard:05d}.parquet", schema.CURATED)
+    expected = [(b"A", "web"), (b"A", "syn"), (b"B", "kept")]
+    assert train.pairs_from_curated(tmp_path) == expected
+
+
+def test_pairs_from_clean_reads_every_caption(world):
+    pairs = train.pairs_from_clean(world.clean)
+    table = pa.parquet.read_table(world.clean)
+    assert len(pairs) == len(table)
+    assert pairs[0] == (table["image"][0].as_py(), table["caption"][0].as_py())
+
+
+def test_prepare_pairs_decodes_each_image_once_and_counts_bad_ones():
+    processor = tiny.make_processor("tiny", tiny.load_tokenizer())
+    pairs = [(jpeg("white"), "a"), (jpeg("white"), "b"), (b"<html>", "c"), (jpeg("black"), "d")]
+    data = train.prepare_pairs(pairs, processor)
+    assert data.texts == ["a", "b", "d"]
+    assert data.image_of.tolist() == [0, 0, 1]  # the two white images are one row
+    assert data.pixels.shape == (2, 3, 32, 32) and data.skipped == 1
+
+
+def test_tokenize_pairs_scores_the_caption_not_the_prompt():
+    tokenizer = tiny.load_tokenizer()
+    cfg = TrainConfig(prompt="a picture of ")
+    tokens = train.tokenize_pairs(["a red circle", "a blue star on the left"], tokenizer, cfg)
+    assert tokens.lm_ids[:, 0].tolist() == [tokenizer.bos_token_id] * 2  # [DEC], not [CLS]
+    prompt = len(tokenizer("a picture of")["input_ids"]) - 1  # [CLS] a picture of
+    assert (tokens.lm_labels[:, :prompt] == -100).all()
+    scored = tokens.lm_labels[0][tokens.lm_labels[0] != -100]
+    assert tokenizer.decode(scored) == "a red circle [SEP]"
+    assert tokens.ids[0, 0] == tokenizer.cls_token_id  # encoders read [CLS] text [SEP]
+
+
+# --------------------------------------------------------------------------- objectives
+
+
+def test_itc_loss_is_low_for_aligned_features_and_counts_same_image_texts_as_positives():
+    feats = torch.nn.functional.normalize(torch.eye(4)[:, :4], dim=-1)  # (4, 4) orthogonal
+    aligned, _ = train.itc_loss(feats, feats, torch.arange(4), temperature=0.05)
+    shuffled, _ = train.itc_loss(feats, feats.roll(1, dims=0), torch.arange(4), temperature=0.05)
+    assert aligned < 0.01 < 10 < shuffled
+    # Pairs 0 and 1 show the same image: their texts are both right for it.
+    image_of = torch.tensor([0, 0, 2, 3])
+    images = feats[[0, 0, 2, 3]]
+    texts = torch.stack([(feats[0] + feats[1]) / 2**0.5] * 2 + [feats[2], feats[3]])
+    loss, _ = train.itc_loss(images, texts, image_of, temperature=0.05)
+    assert loss < 0.01
+
+
+def test_hard_negatives_follow_similarity_and_skip_the_same_image():
+    sim = torch.zeros(4, 4)
+    sim[0, 2] = sim[2, 0] = 50.0  # text 2 looks like image 0's match, and image 0 like text 2's
+    same = torch.tensor([0, 0, 2, 3])[:, None] == torch.tensor([0, 0, 2, 3])[None, :]
+    picks = [train.sample_negatives(sim, same, torch.Generator().manual_seed(s)) for s in range(20)]
+    assert all(neg_text[0] == 2 and neg_image[2] == 0 for neg_text, neg_image in picks)
+    for neg_text, neg_image in picks:  # never the image's own texts (0 and 1 share an image)
+        assert not same[torch.arange(4), neg_text].any()
+        assert not same[neg_image, torch.arange(4)].any()
+    uniform = [
+        train.sample_negatives(sim, same, torch.Generator().manual_seed(s), hard=False)[0][0]
+        for s in range(20)
+    ]
+    assert {2, 3} == set(int(u) for u in uniform)
+
+
+def test_batches_cover_each_pair_once_per_epoch_and_group_lengths():
+    lengths = torch.randint(3, 40, (100,), generator=torch.Generator().manual_seed(0))
+    epoch = [train.batch_indices(lengths, 10, seed=1, step=s) for s in range(10)]
+    assert sorted(torch.cat(epoch).tolist()) == list(range(100))
+    assert torch.equal(epoch[3], train.batch_indices(lengths, 10, seed=1, step=3))
+    assert not torch.equal(epoch[0], train.batch_indices(lengths, 10, seed=1, step=10))
+    padded = sum(int(lengths[b].max()) * len(b) for b in epoch)
+    random_padded = sum(int(lengths[b].max()) * 10 for b in torch.randperm(100).view(10, 10))
+    assert padded < 0.8 * random_padded
+
+
+def test_lr_warms_up_then_decays_to_zero():
+    lrs = [train.lr_at(s, 100, 1.0, warmup=10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+    assert lrs[-1] < 0.01
+
+
+def test_settings_that_cannot_train_fail_at_the_entry_point(tmp_path, clean_pairs):
+    with pytest.raises(ValueError, match="batch_size"):
+        train.pretrain(clean_pairs, tmp_path, TrainConfig(size="tiny", batch_size=1))
+    with pytest.raises(ValueError, match="size"):
+        train.pretrain(clean_pairs, tmp_path, TrainConfig(size="huge"))
+    assert not (tmp_path / "train_log.json").exists()
+
+
+# --------------------------------------------------------------------------- pretraining
+
+
+def test_each_objective_loss_falls(pretrained):
+    _, log = pretrained
+    entries = log["jobs"]["pretrain"]["log"]
+    assert len(entries) >= 30
+    first, last = entries[:3], entries[-3:]
+    for name in train.OBJECTIVES:
+        start = sum(e[name] for e in first) / 3
+        end = sum(e[name] for e in last) / 3
+        assert end < start, (name, start, end)
+    # Beyond "falls": below what the data's marginals alone give.
+    assert sum(e["itc"] for e in last) / 3 < 0.6 * math.log(TINY["batch_size"])
+    assert sum(e["itm"] for e in last) / 3 < 0.60  # predicting "no match" (2 in 3): 0.64
+    assert sum(e["lm"] for e in last) / 3 < 0.5 * math.log(len(tiny.load_tokenizer()))
