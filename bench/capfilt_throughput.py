@@ -49,9 +49,13 @@ SIZES = (*tiny.PRESETS, "large")
 # BLIP-large's vision tower (Salesforce/blip-image-captioning-large, blip-itm-large-coco):
 # ViT-L/16 at 384 px. Its text side is BlipTextConfig's default BERT-base.
 LARGE_VISION = dict(
-    image_size=384, patch_size=16, hidden_size=1024, num_hidden_layers=24,
-    num_attention_heads=16, intermediate_size=4096,
-)  # fmt: skip
+    image_size=384,
+    patch_size=16,
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,10 +138,12 @@ def save_large_checkpoints(out_dir: Path) -> tuple[Path, Path]:
 
     tokenizer = tiny.load_tokenizer()
     text = dict(
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.sep_token_id, sep_token_id=tokenizer.sep_token_id,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        sep_token_id=tokenizer.sep_token_id,
         pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+    )
     config = BlipConfig(vision_config=LARGE_VISION, text_config=text)
     side = LARGE_VISION["image_size"]
     processor = BlipProcessor(
@@ -145,8 +151,9 @@ def save_large_checkpoints(out_dir: Path) -> tuple[Path, Path]:
         tokenizer=tokenizer,
     )
     paths = (out_dir / "captioner", out_dir / "filter")
-    for seed, cls, path in zip((0, 1), (BlipForConditionalGeneration, BlipForImageTextRetrieval),
-                               paths, strict=True):  # fmt: skip
+    for seed, cls, path in zip(
+        (0, 1), (BlipForConditionalGeneration, BlipForImageTextRetrieval), paths, strict=True
+    ):
         torch.manual_seed(seed)
         cls(config).eval().save_pretrained(path)
         processor.save_pretrained(path)
@@ -255,21 +262,37 @@ def profile_stage(raw: pa.Table, captioner, filt, cfg: CapFiltConfig, path: Path
 def stage_config(args: argparse.Namespace) -> CapFiltConfig:
     """The CapFilt settings under test; every other field keeps the pipeline's default."""
     return CapFiltConfig(
-        num_captions=args.num_captions, batch_size=args.batch_size,
-        num_workers=args.num_workers, prefetch_batches=args.prefetch_batches,
-        min_new_tokens=args.min_new_tokens, max_new_tokens=args.max_new_tokens,
-    )  # fmt: skip
+        num_captions=args.num_captions,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        prefetch_batches=args.prefetch_batches,
+        min_new_tokens=args.min_new_tokens,
+        max_new_tokens=args.max_new_tokens,
+    )
+
+
+def load_avg() -> str:
+    """The 1/5/15-minute load averages: how busy the (shared) machine was."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def describe(args, captioner, jpegs: list[bytes]) -> None:
     """The setting: device, dtype, preset, sizes, threads, machine load."""
-    print(f"device {captioner.device}  dtype {captioner.dtype}  preset {args.size}  "
-          f"params/model {sum(p.numel() for p in captioner.model.parameters()) / 1e6:.1f} M")  # fmt: skip
-    print(f"batch {args.batch_size}  K {args.num_captions}  new tokens "
-          f"{args.min_new_tokens}-{args.max_new_tokens}  images {len(jpegs)} "
-          f"({args.image_side}px JPEG, mean {sum(map(len, jpegs)) / len(jpegs) / 1024:.1f} kB)")  # fmt: skip
-    print(f"decode workers {args.num_workers}  torch threads {torch.get_num_threads()}  "
-          f"cpus {os.cpu_count()}  load avg {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
+    params = sum(p.numel() for p in captioner.model.parameters()) / 1e6
+    kbytes = sum(map(len, jpegs)) / len(jpegs) / 1024
+    tokens = f"{args.min_new_tokens}-{args.max_new_tokens}"
+    print(
+        f"device {captioner.device}  dtype {captioner.dtype}  preset {args.size}  "
+        f"params/model {params:.1f} M"
+    )
+    print(
+        f"batch {args.batch_size}  K {args.num_captions}  new tokens {tokens}  "
+        f"images {len(jpegs)} ({args.image_side}px JPEG, mean {kbytes:.1f} kB)"
+    )
+    print(
+        f"decode workers {args.num_workers}  torch threads {torch.get_num_threads()}  "
+        f"cpus {os.cpu_count()}  load avg {load_avg()}"
+    )
 
 
 def report(pairs: list[tuple[float, float]], n: int, outputs_match: bool) -> float:
@@ -280,8 +303,11 @@ def report(pairs: list[tuple[float, float]], n: int, outputs_match: bool) -> flo
     (timeit's rule). The all-passes ratio and the median of per-pass ratios show the noise.
     """
     for i, (stage, alone) in enumerate(pairs):
-        print(f"  pass {i}: stage {stage:7.2f} s ({n / stage:7.1f} img/s)   models only "
-              f"{alone:7.2f} s ({n / alone:7.1f} img/s)   efficiency {alone / stage:.3f}")  # fmt: skip
+        print(
+            f"  pass {i}: stage {stage:7.2f} s ({n / stage:7.1f} img/s)   "
+            f"models only {alone:7.2f} s ({n / alone:7.1f} img/s)   "
+            f"efficiency {alone / stage:.3f}"
+        )
     stage = min(s for s, _ in pairs)
     alone = min(a for _, a in pairs)
     efficiency = alone / stage
@@ -289,8 +315,10 @@ def report(pairs: list[tuple[float, float]], n: int, outputs_match: bool) -> flo
     median = statistics.median(a / s for s, a in pairs)
     print(f"whole stage  {n / stage:8.1f} img/s  (best of {len(pairs)})")
     print(f"models only  {n / alone:8.1f} img/s  (best of {len(pairs)})")
-    print(f"efficiency   {efficiency:8.3f}  (target >= 0.85; all passes {total:.3f}, "
-          f"median of pass ratios {median:.3f})")  # fmt: skip
+    print(
+        f"efficiency   {efficiency:8.3f}  (target >= 0.85; all passes {total:.3f}, "
+        f"median of pass ratios {median:.3f})"
+    )
     print(f"outputs identical in both passes: {outputs_match}")
     return efficiency
 
@@ -318,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs.append((t1, t2) if first is run_stage else (t2, t1))
         match = match and same_outputs(o1, o2)
     report(pairs, len(jpegs), match)
-    print(f"load avg after {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load avg after {load_avg()}")
     return 0
 
 

@@ -97,8 +97,11 @@ def curate(*args: str) -> float:
 
 def shard_ids(folder: Path) -> list[int]:
     """sample_id of every row in the Parquet files of `folder`."""
-    return [i for f in sorted(folder.glob("*.parquet")) for i in pq.read_table(f)["sample_id"]
-            .to_pylist()]  # fmt: skip
+    return [
+        i
+        for f in sorted(folder.glob("*.parquet"))
+        for i in pq.read_table(f)["sample_id"].to_pylist()
+    ]
 
 
 def reject_reasons(folder: Path) -> Counter:
@@ -119,9 +122,11 @@ def check_accounting(run_dir: Path, inputs: int) -> bool:
         print(f"  {stage:>8} {reason:<18} {n:6d}")
     every = curated + rejected
     once = sorted(every) == list(range(inputs))
-    print(f"inputs {inputs} = curated {len(curated)} + rejected {len(rejected)} "
-          f"= {len(every)}: {'OK' if len(every) == inputs else 'MISMATCH'}; "
-          f"every sample_id exactly once: {once}")  # fmt: skip
+    print(
+        f"inputs {inputs} = curated {len(curated)} + rejected {len(rejected)} "
+        f"= {len(every)}: {'OK' if len(every) == inputs else 'MISMATCH'}; "
+        f"every sample_id exactly once: {once}"
+    )
     counts = json.loads((run_dir / "manifest.json").read_text())["counts"]
     agrees = counts["input"] == inputs and counts["curated"] == len(curated)
     agrees = agrees and counts["rejected"] == len(rejected)
@@ -132,8 +137,10 @@ def check_accounting(run_dir: Path, inputs: int) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not (args.data / "captions.tsv").is_file():
-        print(f"skipped: {args.data} not found (the shared real-data folder is beside the "
-              "project, not in a fresh checkout)")  # fmt: skip
+        print(
+            f"skipped: {args.data} not found (the shared real-data folder is beside the "
+            "project, not in a fresh checkout)"
+        )
         return 0
     args.workdir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
@@ -147,14 +154,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url_list = args.workdir / "urls.tsv"
         inputs = write_url_list(args.data / "captions.tsv", server.base_url, url_list, args.limit)
-        wall = curate("run", "--urls", str(url_list), "--out", str(args.out), "--config",
-                      str(config), "--captioner", str(captioner), "--filter", str(filt),
-                      "--allow-private-network")  # fmt: skip
+        wall = curate(
+            "run",
+            "--urls",
+            str(url_list),
+            "--out",
+            str(args.out),
+            "--config",
+            str(config),
+            "--captioner",
+            str(captioner),
+            "--filter",
+            str(filt),
+            "--allow-private-network",
+        )
     finally:
         server.close()
     curate("stats", str(args.out))
-    print(f"\ncurate run wall time: {wall:.1f} s for {inputs} URLs "
-          f"(load avg after {os.getloadavg()})")  # fmt: skip
+    print(
+        f"\ncurate run wall time: {wall:.1f} s for {inputs} URLs (load avg after {os.getloadavg()})"
+    )
     return 0 if check_accounting(args.out, inputs) else 1
 
 

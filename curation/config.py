@@ -10,7 +10,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curation.select import SelectConfig, check as check_select  # [select] lives beside its stage
+from curation.select import SelectConfig  # [select] lives beside its stage
+from curation.select import check as check_select
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "data" / "presets"
 

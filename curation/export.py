@@ -107,11 +107,12 @@ def export(
     `shard_size` rows per shard, then OUT_DIR/manifest.json; returns the manifest.
 
     Raises ExportError, before writing anything, for an unknown format or caption mode, a
-    predicate DuckDB cannot bind or that is not boolean, or an OUT_DIR that is a file or not
-    empty (an export never mixes with older shards)."""
+    RUN_DIR that is not a finished run, a predicate DuckDB cannot bind or that is not boolean,
+    or an OUT_DIR that is a file or not empty (an export never mixes with older shards)."""
     started = time.perf_counter()
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     _check_options(fmt, shard_size, caption)
+    _check_run_dir(run_dir)
     _check_out_dir(out_dir)
     con = sql.connect(run_dir)
     plan = make_plan(con, run_dir, where, fmt, caption)
@@ -132,6 +133,14 @@ def _check_options(fmt: str, shard_size: int, caption: str) -> None:
         raise ExportError(f"unknown caption mode {caption!r} (known: chosen, all)")
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ExportError(f"shard size must be a positive integer, got {shard_size!r}")
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """Refuse a folder that is not a finished run: an export of half a run looks complete."""
+    if not (run_dir / "run.json").exists():
+        raise ExportError(f"{run_dir} is not a curation run (no run.json)")
+    if not (run_dir / "manifest.json").exists():
+        raise ExportError(f"run {run_dir} is not finished (no manifest.json); rerun curate run")
 
 
 def _check_out_dir(out_dir: Path) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from curation import sql
 from curation.config import CapFiltConfig
@@ -46,6 +47,7 @@ BINS = 40  # histogram bins
 SAMPLES = 8  # kept and rejected samples shown, each
 THUMB = 96  # thumbnail side in pixels
 THUMB_QUALITY = 70  # JPEG quality of thumbnails: small pages
+TOP_CONCEPTS = 12  # most matched concept entries listed beside the rank plot
 TEXT_LIMIT = 240  # characters of a text shown (alt-text can be kilobytes)
 PLOT_SIZE = (4.1, 2.7)  # inches at 100 dpi: three plots side by side in a 1280px window
 
@@ -94,6 +96,10 @@ class RunInfo:
         return self.capfilt.get("max_image_pixels", CapFiltConfig().max_image_pixels)
 
 
+class ReportError(ValueError):
+    """RUN_DIR is not a curation run."""
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -101,6 +107,8 @@ def _read_json(path: Path) -> dict:
 def write_report(run_dir: str | Path, out_file: str | Path | None = None) -> Path:
     """Write the report of RUN_DIR to `out_file` (default RUN_DIR/report.html), atomically."""
     run_dir = Path(run_dir)
+    if not (run_dir / "run.json").exists():  # an unfinished run is fine: a progress view
+        raise ReportError(f"{run_dir} is not a curation run (no run.json)")
     out = Path(out_file) if out_file else run_dir / "report.html"
     page = render(run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -308,9 +316,11 @@ def histogram_png(con, spec: Histogram) -> str | None:
     for grp in sorted(counts):
         ax.stairs(counts[grp], edges, label=f"{grp} ({int(counts[grp].sum()):,})", linewidth=1.5)
     if spec.mark is not None:
-        label = f"{spec.mark_label} {spec.mark:.3g}"
+        label = f"{spec.mark_label} {spec.mark:.4g}"
         ax.axvline(spec.mark, color="crimson", linestyle="--", linewidth=1.2, label=label)
     ax.set(title=spec.title, xlabel=spec.xlabel, ylabel=spec.ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(5))  # tiny ranges have long tick labels
+    ax.ticklabel_format(axis="x", useOffset=False)
     ax.legend(fontsize=7, frameon=False)
     return _png(fig)
 
@@ -339,17 +349,36 @@ def concepts_png(con, info: RunInfo) -> str | None:
     if not len(data["n"]):
         return None
     fig, ax = _figure()
+    styles = {"before": dict(linewidth=2.5, alpha=0.6), "after": dict(linewidth=1, marker=".")}
     for stage, label in (("before", "before balancing"), ("after", "after (curated)")):
         counts = np.asarray(data["n"][data["stage"] == stage], dtype=float)
         if len(counts):
             ranks = np.arange(1, len(counts) + 1)
-            ax.loglog(ranks, counts, marker=".", markersize=3, linewidth=1,
-                      label=f"{label}: {len(counts):,} entries")  # fmt: skip
+            ax.loglog(ranks, counts, label=f"{label}: {len(counts):,} entries, "
+                      f"{int(counts.sum()):,} matches", **styles[stage])  # fmt: skip
     if info.t:
         ax.axhline(info.t, color="crimson", linestyle="--", linewidth=1.2, label=f"t = {info.t:,}")
     ax.set(title="Concept frequency by rank", xlabel="rank", ylabel="matches")
+    for axis in (ax.xaxis, ax.yaxis):  # plain numbers; minor ticks labelled on short ranges
+        axis.set_major_formatter(LogFormatter())
+        axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
     ax.legend(fontsize=7, frameon=False)
     return _png(fig)
+
+
+def top_concepts_html(con, info: RunInfo) -> str:
+    """The most matched entries before balancing and how many of their matches were kept."""
+    threshold = info.dfn_threshold if info.order == "score_then_balance" else None
+    _, rows = sql.query(con, "report_concepts_top", threshold=threshold, limit=TOP_CONCEPTS)
+    cells = "".join(
+        f"<tr><td>{esc(short(entry, 40))}</td><td class=num>{before:,}</td>"
+        f"<td class=num>{after:,}</td><td class=num>{100 * after / before:.0f}%</td></tr>"
+        for entry, before, after in rows
+    )
+    return (
+        "<table class=top><tr><th>entry</th><th>before</th><th>after</th><th>kept</th></tr>"
+        f"{cells}</table>"
+    )
 
 
 def concepts_html(con, info: RunInfo) -> str:
@@ -358,7 +387,8 @@ def concepts_html(con, info: RunInfo) -> str:
         return ""
     return (
         "<section><h2>Concepts (MetaCLIP balancing)</h2><div class=plots>"
-        f'<img src="{uri}" alt="concept frequency by rank"></div></section>'
+        f'<img src="{uri}" alt="concept frequency by rank">{top_concepts_html(con, info)}'
+        "</div></section>"
     )
 
 
@@ -399,7 +429,7 @@ def _texts_html(rec: dict) -> str:
         chosen = c["text"] == rec.get("caption") and c["source"] == rec.get("caption_source")
         mark = "★" if chosen else ("✓" if c["kept"] else "✗")
         cls = "chosen" if chosen else ("pass" if c["kept"] else "fail")
-        itm = "–" if c["itm"] is None else f"{c['itm']:.3f}"
+        itm = "–" if c["itm"] is None else f"{c['itm']:.4f}"
         text = short(c["text"]) or "(empty)"
         items.append(
             f'<li class={cls}><span class="src {esc(c["source"])}">{esc(c["source"])}</span> '
@@ -482,6 +512,7 @@ table{border-collapse:collapse}th,td{padding:3px 10px 3px 0;text-align:left;vert
 .bar div{height:12px;background:#4a7fb5}
 .reason{font-family:monospace;background:#fdecea;color:#8a1c1c;padding:0 4px;border-radius:3px}
 .plots{display:flex;flex-wrap:wrap;gap:8px}.plots img{max-width:410px}
+.top{font-size:12px;margin-left:16px;align-self:flex-start}.top td{border-top:1px solid #eee}
 .samples{display:grid;grid-template-columns:1fr 1fr;gap:16px}
 .card{display:flex;gap:10px;border:1px solid #e3e3e3;border-left:4px solid #3a9a5b;
 border-radius:4px;padding:8px;margin-bottom:8px;overflow-wrap:anywhere}

@@ -72,7 +72,8 @@ class SelectConfig:
     # Keep this top fraction of the pool by score: DataComp's CLIP-score baseline keeps 0.3
     # (OpenAI ViT-L/14), DFN kept 0.15.
     score_keep_fraction: float = 0.3
-    min_score: float = math.nan  # absolute cosine threshold instead of the fraction; nan = unused
+    # Absolute cosine threshold instead of the fraction; -1 (every cosine passes) = unused.
+    min_score: float = -1.0
     # Concept list: a file (.txt one entry a line, or MetaCLIP's metadata.json), or a name in
     # data/metadata/ ("default": 6,388 entries built from CC3M captions); "" = no balancing.
     metadata: str = "default"
@@ -96,8 +97,7 @@ def check(cfg: SelectConfig) -> list[str]:
     """Problems of ``cfg``'s values, one line each (empty when fine); no file access."""
     checks = [
         (0.0 < cfg.score_keep_fraction <= 1.0, "[select] score_keep_fraction must be in (0, 1]"),
-        (math.isnan(cfg.min_score) or -1.0 <= cfg.min_score <= 1.0,
-         "[select] min_score must be a cosine in [-1, 1], or nan (unused)"),
+        (-1.0 <= cfg.min_score <= 1.0, "[select] min_score must be in [-1, 1] (-1: unused)"),
         (cfg.t >= 0, "[select] t must be >= 0 (0: derive it from tail_share)"),
         (0.0 < cfg.tail_share <= 1.0, "[select] tail_share must be in (0, 1]"),
         (cfg.order in ORDERS, f"[select] order must be one of {', '.join(ORDERS)}"),
@@ -105,6 +105,11 @@ def check(cfg: SelectConfig) -> list[str]:
         (cfg.num_workers >= 0, "[select] num_workers must be >= 0"),
     ]  # fmt: skip
     return [message for ok, message in checks if not ok]
+
+
+def _min_score(cfg: SelectConfig) -> float | None:
+    """The absolute threshold, or None when the keep fraction decides (min_score = -1)."""
+    return None if cfg.min_score <= -1.0 else cfg.min_score
 
 
 def metadata_path(metadata: str) -> Path | None:
@@ -146,7 +151,7 @@ def decision_settings(cfg: SelectConfig) -> dict:
     settings = dataclasses.asdict(cfg)
     for name in ("batch_size", "num_workers"):
         settings.pop(name)
-    settings["min_score"] = None if math.isnan(cfg.min_score) else cfg.min_score
+    settings["min_score"] = _min_score(cfg)
     return settings
 
 
@@ -283,7 +288,7 @@ def global_plan(source: str | Path | duckdb.DuckDBPyConnection, cfg: SelectConfi
 
 def _score_plan(con: duckdb.DuckDBPyConnection, cfg: SelectConfig, population: str) -> dict:
     """Threshold and score statistics over ``score_population`` (DFN, arXiv 2309.17425)."""
-    min_score = None if math.isnan(cfg.min_score) else cfg.min_score
+    min_score = _min_score(cfg)
     stats = _one(con, "select_score_threshold", keep_fraction=cfg.score_keep_fraction,
                  min_score=min_score)  # fmt: skip
     return {

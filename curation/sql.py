@@ -1,8 +1,8 @@
 """DuckDB over one or many runs' Parquet: views by name, SQL kept in `sql/`, loaded by name.
 
 Views (sql/views/*.sql, every row tagged with `run_id`, the run directory's name):
-    inputs, curated (= samples), rejects, texts, shards (per-shard markers), runs (manifests),
-and whatever later steps add (annotations, concepts). File lists are bound as DuckDB variables,
+    inputs, curated (= samples), rejects, texts, annotations, concepts (sample, entry), shards
+(per-shard markers), runs (manifests). File lists are bound as DuckDB variables,
 so no SQL is ever built from strings at run time.
 """
 
@@ -25,6 +25,7 @@ FILES = {
     "inputs_files": ("input/*.parquet", schema.INPUT),
     "curated_files": ("shards/*.parquet", schema.CURATED),
     "rejects_files": ("rejects/*.parquet", schema.REJECTS),
+    "annotations_files": ("annotations/*.parquet", schema.ANNOTATIONS),
     "markers_files": ("_done/*/*.json", None),
     "manifests_files": ("manifest.json", None),
 }

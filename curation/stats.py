@@ -1,5 +1,6 @@
 """`curate stats`: the run's funnel and scores, every number from a query in sql/."""
 
+import json
 from pathlib import Path
 
 from curation import sql
@@ -28,12 +29,29 @@ def format_table(columns: list[str], rows: list[tuple]) -> str:
     return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]] or ["(none)"])
 
 
+def selection_sections(run_dir: Path) -> list[tuple[str, str, dict]]:
+    """The concept and score sections, with their parameters from the run's selection plan."""
+    path = Path(run_dir) / "selection.json"
+    plan = json.loads(path.read_text()) if path.exists() else {}
+    sections = []
+    if plan.get("balance"):
+        t = plan["balance"]["t"]
+        sections += [
+            (f"Concepts before (pool) and after balancing (t = {t})", "stats_concepts", {"t": t}),
+            ("Most matched concepts", "stats_concepts_top", {"limit": 10}),
+        ]
+    if plan.get("score"):
+        threshold = plan["score"]["threshold"]
+        sections.append(("DFN scores and threshold", "stats_scores", {"threshold": threshold}))
+    return sections
+
+
 def report(run_dir: str | Path) -> str:
     """All sections as text."""
     con = sql.connect(run_dir)
     parts = []
-    for title, name in SECTIONS:
-        columns, rows = sql.query(con, name)
+    for title, name, params in [(t, n, {}) for t, n in SECTIONS] + selection_sections(run_dir):
+        columns, rows = sql.query(con, name, **params)
         body = format_table(columns, rows) if rows else "(none)"
         parts.append(f"{title}\n{body}")
     return "\n\n".join(parts)

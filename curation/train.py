@@ -209,7 +209,9 @@ def tokenize_pairs(texts: list[str], tokenizer, cfg: TrainConfig) -> Tokens:
 
 
 def build_models(
-    cfg: TrainConfig, init_dir: str | Path | None = None, share_vision: bool = True
+    cfg: TrainConfig,
+    init_dir: str | Path | None = None,
+    share_vision: bool = True,
 ) -> tuple[BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipProcessor]:
     """(captioner, filter, processor): from scratch or from init_dir/{captioner,filter}.
 

@@ -9,7 +9,7 @@ import duckdb
 from transformers.utils import logging as transformers_logging
 
 from curation import config as config_mod
-from curation import models, run, sql, stats, urls
+from curation import models, run, select, sql, stats, urls
 
 # Errors that mean "fix your command": one line, exit code 2, before any work.
 USER_ERRORS = (
@@ -17,6 +17,7 @@ USER_ERRORS = (
     urls.UrlListError,
     models.ModelSourceError,
     run.RunDirError,
+    FileNotFoundError,  # a concept list that does not exist
 )
 
 
@@ -47,6 +48,7 @@ def cmd_run(args) -> int:
     urls.read_url_list(args.urls, args.url_col, caption_col)  # fail now, not in a task
     models.check_model_source(cfg.capfilt.captioner)
     models.check_model_source(cfg.capfilt.filter)
+    select.check_sources(cfg.select)
     _quiet()
     from flows.curate import curate
 
@@ -61,6 +63,7 @@ def cmd_schedule(args) -> int:
     urls.read_url_list(args.urls, args.url_col, caption_col)
     models.check_model_source(cfg.capfilt.captioner)
     models.check_model_source(cfg.capfilt.filter)
+    select.check_sources(cfg.select)
     _quiet()
     from flows.schedule import serve
 

@@ -245,7 +245,7 @@ def test_invalid_predicate_is_refused_before_anything_is_written(run_dir, tmp_pa
     assert not out.exists()
 
 
-def test_output_that_is_a_file_or_not_empty_is_refused(run_dir, tmp_path):
+def test_bad_output_folder_run_folder_or_format_is_refused(run_dir, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ex.ExportError, match="is a file"):
         ex.export(run_dir, tmp_path / "file")
@@ -256,6 +256,11 @@ def test_output_that_is_a_file_or_not_empty_is_refused(run_dir, tmp_path):
     assert (tmp_path / "full" / "00000.tar").read_bytes() == b"old"
     with pytest.raises(ex.ExportError, match="format"):
         ex.export(run_dir, tmp_path / "new", fmt="tfrecord")
+    with pytest.raises(ex.ExportError, match="not a curation run"):
+        ex.export(tmp_path / "typo", tmp_path / "new")
+    (run_dir / "manifest.json").unlink()  # a run still going
+    with pytest.raises(ex.ExportError, match="not finished"):
+        ex.export(run_dir, tmp_path / "new")
     assert not (tmp_path / "new").exists()
 
 

@@ -55,7 +55,7 @@ def pool(n_head: int = 3000, n_tail: int = 50, n_none: int = 20, seed: int = 0) 
 def test_config_defaults_and_checks():
     cfg = SelectConfig()
     assert (cfg.scorer, cfg.score_keep_fraction, cfg.metadata, cfg.t) == ("", 0.3, "default", 0)
-    assert math.isnan(cfg.min_score) and cfg.order == "score_then_balance"
+    assert cfg.min_score == -1.0 and cfg.order == "score_then_balance"
     assert select.check(cfg) == []
     bad = SelectConfig(score_keep_fraction=0.0, min_score=2.0, t=-1, tail_share=0.0, order="x")
     assert len(select.check(bad)) == 5

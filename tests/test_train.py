@@ -7,16 +7,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from curation import schema, synthetic, tiny, train
+from curation import models, schema, synthetic, tiny, train
 from curation.io import write_parquet
-from curation.train import TrainConfig
+from curation.train import TrainConfig, TrainDirError
 
 # Tiny models, a few dozen steps: seconds on one CPU core.
 TINY = dict(size="tiny", batch_size=8, lr=2e-3, warmup=3, log_every=1, seed=0)
 
 
-def jpeg(colour: str, side: int = 32) -> bytes:
-    scene = synthetic.Scene(colour, (synthetic.Obj("circle", "red", "large", "center"),))
+SCENE = synthetic.Scene("white", (synthetic.Obj("circle", "red", "large", "center"),))
+
+
+def jpeg(background: str, side: int = 32) -> bytes:
+    scene = synthetic.Scene(background, SCENE.objects)
     return synthetic.encode_jpeg(synthetic.render_scene(scene, side, side))
 
 
@@ -186,3 +189,97 @@ def test_each_objective_loss_falls(pretrained):
     assert sum(e["itc"] for e in last) / 3 < 0.6 * math.log(TINY["batch_size"])
     assert sum(e["itm"] for e in last) / 3 < 0.60  # predicting "no match" (2 in 3): 0.64
     assert sum(e["lm"] for e in last) / 3 < 0.5 * math.log(len(tiny.load_tokenizer()))
+
+
+def test_outputs_load_with_the_model_layer(pretrained):
+    out, log = pretrained
+    device, dtype = torch.device("cpu"), torch.float32
+    captioner = models.load_captioner(str(out / "captioner"), device, dtype)
+    filt = models.load_filter(str(out / "filter"), device, dtype)
+    scorer = models.load_filter(str(out / "scorer"), device, dtype)
+    pixels = models.preprocess(filt.processor, [synthetic.render_scene(SCENE, 32, 32)] * 2)
+    captions = captioner.generate(pixels, num_captions=2, max_new_tokens=5)
+    assert [len(c) for c in captions] == [2, 2]
+    itm, itc = filt.score(pixels, [["a red circle"], ["a blue star", "a red circle"]])
+    assert [len(x) for x in itm] == [1, 2] and all(0 <= p <= 1 for p in itm[1])
+    assert scorer.score(pixels, [["a red circle"], []])[1][0] == pytest.approx(itc[0])
+    assert set(log["outputs"]) == {"captioner", "filter", "scorer"}
+    assert (out / "train_log.json").exists() and not (out / "checkpoints").exists()
+
+
+def test_pretraining_shares_one_vision_module(pretrained):
+    cfg = TrainConfig(**TINY)
+    captioner, filt, _ = train.build_models(cfg, share_vision=True)
+    assert captioner.vision_model is filt.vision_model
+    separate, _, _ = train.build_models(cfg, share_vision=False)
+    assert separate.vision_model is not filt.vision_model
+    out, _ = pretrained
+    cap_vision = vision_weights(out / "captioner")
+    filt_vision = vision_weights(out / "filter")
+    assert cap_vision.keys() == filt_vision.keys() and cap_vision
+    assert all(torch.equal(cap_vision[k], filt_vision[k]) for k in cap_vision)
+    fresh = filt.vision_model.state_dict()  # same seed: the weights training started from
+    assert not all(torch.equal(fresh[k[len("vision_model.") :]], v) for k, v in cap_vision.items())
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, pretrained, clean_pairs):
+    reference, reference_log = pretrained
+    cfg = TrainConfig(**TINY, epochs=4, checkpoint_every=5)
+    seen = []
+
+    def crash_at_step_13(job, step, losses):
+        seen.append(step)
+        if step == 13:
+            raise KeyboardInterrupt  # killed mid-training, after the step-10 checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train.pretrain(clean_pairs, tmp_path, cfg, on_step=crash_at_step_13)
+    assert [p.name for p in (tmp_path / "checkpoints/pretrain").iterdir()] == ["step_000010"]
+    assert not (tmp_path / "train_log.json").exists()
+    seen.clear()
+    log = train.pretrain(clean_pairs, tmp_path, cfg, on_step=lambda job, s, _: seen.append(s))
+    assert seen[0] == 11  # resumed after the checkpoint, not from the start
+    resumed, expected = all_weights(tmp_path), all_weights(reference)
+    assert resumed.keys() == expected.keys()
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+    losses = [{k: e[k] for k in train.OBJECTIVES} for e in log["jobs"]["pretrain"]["log"]]
+    assert losses == [
+        {k: e[k] for k in train.OBJECTIVES} for e in reference_log["jobs"]["pretrain"]["log"]
+    ]
+
+
+def test_finished_training_is_not_redone_and_other_settings_are_refused(pretrained, clean_pairs):
+    out, log = pretrained
+    stamp = (out / "filter/model.safetensors").stat().st_mtime_ns
+    calls = []
+    cfg = TrainConfig(**TINY, epochs=4, checkpoint_every=5)
+    again = train.pretrain(clean_pairs, out, cfg, on_step=lambda *a: calls.append(a))
+    assert again == log and calls == []
+    assert (out / "filter/model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(TrainDirError):
+        train.pretrain(clean_pairs, out, TrainConfig(**{**TINY, "lr": 1e-4}, epochs=4))
+    with pytest.raises(TrainDirError):
+        train.pretrain(clean_pairs[:-1], out, cfg)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def test_finetune_trains_captioner_and_filter_apart(tmp_path, pretrained, clean_pairs):
+    init, _ = pretrained
+    cfg = TrainConfig(**TINY, finetune_epochs=2, finetune_lr=1e-3)
+    log = train.finetune(clean_pairs, init, tmp_path, cfg)
+    assert {n: j["objectives"] for n, j in log["jobs"].items()} == {
+        "captioner": ["lm"],
+        "filter": ["itc", "itm"],
+    }
+    assert set(log["jobs"]["captioner"]["log"][0]) >= {"lm"}
+    assert "lm" not in log["jobs"]["filter"]["log"][0]
+    before = vision_weights(init / "filter")  # = the pretrained captioner's: shared
+    cap, filt = vision_weights(tmp_path / "captioner"), vision_weights(tmp_path / "filter")
+    changed = [k for k in before if not torch.equal(cap[k], filt[k])]
+    assert changed, "captioner and filter were trained apart, so their encoders differ"
+    assert any(not torch.equal(cap[k], before[k]) for k in before)
+    assert any(not torch.equal(filt[k], before[k]) for k in before)
+    models.load_captioner(str(tmp_path / "captioner"), torch.device("cpu"), torch.float32)
+    models.load_filter(str(tmp_path / "scorer"), torch.device("cpu"), torch.float32)

@@ -12,6 +12,10 @@ CREATE OR REPLACE VIEW rejects AS
 SELECT regexp_extract(filename, '([^/]+)/[^/]+/[^/]+$', 1) AS run_id, * EXCLUDE (filename)
 FROM read_parquet(getvariable('rejects_files'), filename = true, union_by_name = true);
 
+CREATE OR REPLACE VIEW annotations AS
+SELECT regexp_extract(filename, '([^/]+)/[^/]+/[^/]+$', 1) AS run_id, * EXCLUDE (filename)
+FROM read_parquet(getvariable('annotations_files'), filename = true, union_by_name = true);
+
 -- One row per curated image (the name users reach for first).
 CREATE OR REPLACE VIEW samples AS SELECT * FROM curated;
 

@@ -1,0 +1,82 @@
+"""The benchmark scripts run end to end on tiny inputs (they are not part of the library, but
+a benchmark that has silently rotted measures nothing)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from curation import urls
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_script(name: str):
+    """Import bench/NAME.py as a module (bench/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    return load_script("capfilt_throughput")
+
+
+@pytest.fixture(scope="module")
+def cc3m():
+    return load_script("cc3m_run")
+
+
+def test_bench_images_are_decodable_jpegs_of_the_asked_size(throughput, tmp_path):
+    jpegs = throughput.make_jpegs(3, side=48)
+    assert len(set(jpegs)) == 3
+    for i, data in enumerate(jpegs):
+        (tmp_path / f"{i}.jpg").write_bytes(data)
+        with Image.open(tmp_path / f"{i}.jpg") as image:
+            assert image.format == "JPEG" and image.size == (48, 48)
+    assert throughput.raw_table(jpegs)["status"].to_pylist() == ["success"] * 3
+
+
+def test_throughput_script_times_both_passes_and_outputs_agree(throughput, tmp_path, capsys):
+    argv = [
+        "--size",
+        "tiny",
+        "--images",
+        "6",
+        "--batch-size",
+        "4",
+        "--num-captions",
+        "1",
+        "--min-new-tokens",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--repeat",
+        "1",
+        "--image-side",
+        "40",
+        "--workdir",
+        str(tmp_path),
+    ]
+    assert throughput.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "preset tiny" in out and "efficiency" in out
+    assert "outputs identical in both passes: True" in out
+
+
+def test_cc3m_script_url_list_reads_back_with_empty_captions(cc3m, tmp_path):
+    tsv = tmp_path / "captions.tsv"
+    tsv.write_text('file\tcaption\na.jpg\ta "quoted" dog\nb\t\n', encoding="utf-8")
+    out = tmp_path / "urls.tsv"
+    assert cc3m.write_url_list(tsv, "http://127.0.0.1:1", out) == 2
+    table = urls.read_url_list(out)
+    assert table["url"].to_pylist() == ["http://127.0.0.1:1/a.jpg", "http://127.0.0.1:1/b"]
+    assert table["web_text"].to_pylist() == ['a "quoted" dog', ""]
+
+
+def test_cc3m_script_skips_without_the_shared_data(cc3m, tmp_path, capsys):
+    assert cc3m.main(["--data", str(tmp_path / "absent"), "--workdir", str(tmp_path)]) == 0
+    assert "skipped" in capsys.readouterr().out
