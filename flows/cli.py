@@ -9,7 +9,9 @@ import duckdb
 from transformers.utils import logging as transformers_logging
 
 from curation import config as config_mod
+from curation import export as export_mod
 from curation import models, run, select, sql, stats, urls
+from curation import report as report_mod
 
 # Errors that mean "fix your command": one line, exit code 2, before any work.
 USER_ERRORS = (
@@ -18,6 +20,8 @@ USER_ERRORS = (
     models.ModelSourceError,
     run.RunDirError,
     FileNotFoundError,  # a concept list that does not exist
+    export_mod.ExportError,
+    report_mod.ReportError,
 )
 
 
@@ -114,6 +118,19 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    manifest = export_mod.export(args.run_dir, args.out, args.where, args.format,
+                                 args.shard_size, args.caption)  # fmt: skip
+    counts = manifest["counts"]
+    print(f"exported {counts['rows']:,} rows in {counts['shards']} shards to {args.out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    print(report_mod.write_report(args.run_dir, args.out))
+    return 0
+
+
 def cmd_demo(args) -> int:
     _quiet()
     from flows.demo import demo
@@ -165,6 +182,19 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("runs", help="list the runs under a folder with status and counts")
     ls.add_argument("--out-root", required=True)
     ls.set_defaults(func=cmd_runs)
+    e = sub.add_parser("export", help="write curated rows as WebDataset, Parquet or JSONL shards")
+    e.add_argument("run_dir")
+    e.add_argument("--out", required=True, help="a new or empty folder")
+    e.add_argument("--where", help='DuckDB predicate, e.g. "caption_itm > 0.8 AND width >= 256"')
+    e.add_argument("--format", choices=["webdataset", "parquet", "jsonl"], default="webdataset")
+    e.add_argument("--shard-size", type=int, default=10000, help="rows per output shard")
+    e.add_argument("--caption", choices=["chosen", "all"], default="chosen",
+                   help="all: every kept text in the json/columns too")  # fmt: skip
+    e.set_defaults(func=cmd_export)
+    rp = sub.add_parser("report", help="write a self-contained RUN_DIR/report.html")
+    rp.add_argument("run_dir")
+    rp.add_argument("--out", help="default: RUN_DIR/report.html")
+    rp.set_defaults(func=cmd_report)
     d = sub.add_parser("demo", help="synthesize a small web, serve it on loopback, curate it")
     d.add_argument("--out", default="demo_run")
     d.set_defaults(func=cmd_demo)

@@ -191,3 +191,19 @@ def test_runs_lists_status_and_counts(curated_run, capsys):
     lines = capsys.readouterr().out.splitlines()[2:]  # below the header and its rule
     line = [x for x in lines if x.startswith(run_dir.name)][0]
     assert "done" in line and str(len(rows)) in line
+
+
+def test_export_and_report_from_the_cli(curated_run, tmp_path, capsys):
+    import webdataset as wds
+
+    run_dir = curated_run[0]
+    out = tmp_path / "wds"
+    argv = ["export", str(run_dir), "--out", str(out), "--where", "width >= 20"]
+    assert cli.main(argv) == 0
+    samples = list(wds.WebDataset(str(out / "00000.tar"), shardshuffle=False)
+                   .decode("pil").to_tuple("__key__", "jpg", "txt"))  # fmt: skip
+    assert samples and all(image.width >= 20 for _, image, _ in samples)
+    assert cli.main(["export", str(run_dir), "--out", str(tmp_path / "x"), "--where", "1 +"]) == 2
+    assert not (tmp_path / "x").exists()
+    assert cli.main(["report", str(run_dir)]) == 0
+    assert "<html" in (run_dir / "report.html").read_text().lower()
