@@ -131,6 +131,17 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_metadata_build(args) -> int:
+    from curation import concepts
+
+    entries = concepts.build_metadata_file(
+        args.corpus, args.out, args.min_count, args.min_pmi, args.extra,
+        min_bigram_count=args.min_bigram_count,
+    )  # fmt: skip
+    print(f"wrote {len(entries):,} entries to {args.out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     _quiet()
     from flows.demo import demo
@@ -195,6 +206,19 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dir")
     rp.add_argument("--out", help="default: RUN_DIR/report.html")
     rp.set_defaults(func=cmd_report)
+    m = sub.add_parser("metadata", help="concept lists for MetaCLIP balancing")
+    mb = m.add_subparsers(dest="metadata_command", required=True).add_parser(
+        "build", help="unigrams (count >= N) and bigrams (PMI >= P) of a text corpus (MetaCLIP)"
+    )
+    mb.add_argument(
+        "--corpus", nargs="+", required=True, help=".txt (a text a line), .tsv, .parquet"
+    )
+    mb.add_argument("--out", required=True, help=".txt (an entry a line) or .json (MetaCLIP's)")
+    mb.add_argument("--min-count", type=int, default=5, help="unigram count floor")
+    mb.add_argument("--min-pmi", type=float, default=7.0, help="bigram PMI floor (log2)")
+    mb.add_argument("--min-bigram-count", type=int, default=5)
+    mb.add_argument("--extra", help="entries to add as they are (e.g. WordNet lemmas you export)")
+    mb.set_defaults(func=cmd_metadata_build)
     d = sub.add_parser("demo", help="synthesize a small web, serve it on loopback, curate it")
     d.add_argument("--out", default="demo_run")
     d.set_defaults(func=cmd_demo)

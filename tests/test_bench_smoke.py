@@ -53,10 +53,9 @@ def test_throughput_script_times_both_passes_and_outputs_agree(
     throughput, tmp_path, capsys, restore_torch_threads
 ):
     # One intra-op thread: on a busy 2-core machine two make tiny models ~10x slower.
-    argv = "--size tiny --images 6 --batch-size 4 --num-captions 1 --min-new-tokens 2"
-    argv = [*argv.split(), "--max-new-tokens", "3", "--repeat", "1", "--image-side", "40"]
-    argv += ["--torch-threads", "1"]
-    argv += ["--workdir", str(tmp_path)]
+    sizes = "--size tiny --images 6 --batch-size 4 --num-captions 1 --image-side 40"
+    speed = "--min-new-tokens 2 --max-new-tokens 3 --repeat 1 --torch-threads 1"
+    argv = [*sizes.split(), *speed.split(), "--workdir", str(tmp_path)]
     assert throughput.main(argv) == 0
     out = capsys.readouterr().out
     assert "preset tiny" in out and "efficiency" in out

@@ -120,3 +120,17 @@ def test_config_errors_name_the_problem(tmp_path):
 
 def test_default_preset_documents_every_default():
     assert config.load("default") == config.RunConfig()
+
+
+def test_metadata_build_cli(tmp_path, capsys):
+    from flows import cli
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("new york city at night\nnew york skyline\nnew york taxi\nold dog\n" * 5)
+    out = tmp_path / "meta.txt"
+    argv = ["metadata", "build", "--corpus", str(corpus), "--out", str(out), "--min-count", "5",
+            "--min-pmi", "0.5", "--min-bigram-count", "5"]  # fmt: skip
+    assert cli.main(argv) == 0
+    entries = out.read_text().splitlines()
+    assert "new york" in entries and "york" in entries and "dog" in entries
+    assert "night old" not in entries  # never adjacent in one text
