@@ -1,7 +1,7 @@
 """DuckDB over one or many runs' Parquet: views by name, SQL kept in `sql/`, loaded by name.
 
 Views (sql/views/*.sql, every row tagged with `run_id`, the run directory's name):
-    inputs, curated (= samples), rejects, texts, annotations, concepts (sample, entry), shards
+    inputs, downloads, curated (= samples), rejects, texts, annotations, concepts (sample, entry), shards
 (per-shard markers), runs (manifests). File lists are bound as DuckDB variables,
 so no SQL is ever built from strings at run time.
 """
@@ -23,6 +23,7 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # Variable name -> (glob under each RUN_DIR, schema of an empty stand-in when nothing matches).
 FILES = {
     "inputs_files": ("input/*.parquet", schema.INPUT),
+    "raw_files": ("raw/*.parquet", schema.RAW),
     "curated_files": ("shards/*.parquet", schema.CURATED),
     "rejects_files": ("rejects/*.parquet", schema.REJECTS),
     "annotations_files": ("annotations/*.parquet", schema.ANNOTATIONS),

@@ -27,10 +27,13 @@ def _handler(routes: Routes):
 
 
 class Server:
-    """Serve `routes` on 127.0.0.1 at a free port until closed."""
+    """Serve `routes` on 127.0.0.1 until closed: at `port` when it is free, else at any port."""
 
-    def __init__(self, routes: Routes):
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(routes))
+    def __init__(self, routes: Routes, port: int = 0):
+        try:
+            self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(routes))
+        except OSError:
+            self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(routes))
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 

@@ -1,37 +1,50 @@
-"""`curate demo`: synthesize a small web, serve it over loopback, curate it.
+"""`curate demo`: BLIP's loop on a synthetic web whose truth is known, end to end, offline.
 
-Everything is local: the images are drawn by `curation.synthetic`, served by a loopback HTTP
-server, downloaded by img2dataset and run through CapFilt with tiny BLIP models built from config.
+Draws a small world (curation.synthetic), serves its web over loopback, and runs one round of
+`curate bootstrap`: pre-train on the raw web, fine-tune on the clean set, CapFilt the web,
+pre-train again on the curated data; then prints round 0 vs round 1 and what CapFilt removed.
 """
 
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 
-from curation import stats, synthetic, tiny
+from curation import bootstrap as loop
+from curation import synthetic
 from curation.webserver import Server, routes_from_dir
-from flows.curate import curate
+from flows.bootstrap import bootstrap
 
+DEMO_WORLD = {"n_web": 1500, "clean_frac": 0.1, "n_eval": 200, "seed": 0}
 DEMO_CONFIG = {
-    "sharding": {"shard_size": 100},
-    "download": {"allow_private_network": True, "timeout": 5},
-    "capfilt": {"batch_size": 16, "num_captions": 3, "max_new_tokens": 12},
+    "sharding": {"shard_size": 500},
+    "download": {"allow_private_network": True, "timeout": 10},
+    "capfilt": {"batch_size": 64, "num_captions": 3, "max_new_tokens": 24},
+    "select": {"metadata": "", "scorer": ""},
 }
 
 
-def demo(out: str | Path, n_web: int = 300) -> int:
+def _previous_port(urls: Path) -> int:
+    """The port of an earlier demo in the same folder, so a rerun resumes its run (0: any)."""
+    if not urls.exists():
+        return 0
+    return urlsplit(pq.read_table(urls, columns=["url"])["url"][0].as_py()).port or 0
+
+
+def demo(out: str | Path) -> int:
     out = Path(out)
-    print(f"[demo] drawing a synthetic web of {n_web} images in {out}/world", file=sys.stderr)
-    world = synthetic.write_world(out / "world", n_web=n_web, n_eval=40, seed=0)
-    captioner, filt = tiny.save_blip_checkpoints(out / "models", size="tiny", seed=0)
-    server = Server(routes_from_dir(world.images, prefix="/images"))
+    print(f"[demo] drawing a synthetic web of {DEMO_WORLD['n_web']} images in {out}/world",
+          file=sys.stderr)  # fmt: skip
+    world = synthetic.write_world(out / "world", **DEMO_WORLD)
+    urls = out / "urls.parquet"
+    server = Server(routes_from_dir(world.images, prefix="/images"), port=_previous_port(urls))
     try:
-        pq.write_table(synthetic.url_list(world.root, server.base_url), out / "urls.parquet")
-        config = {**DEMO_CONFIG, "capfilt": {**DEMO_CONFIG["capfilt"],
-                  "captioner": str(captioner), "filter": str(filt)}}  # fmt: skip
-        curate(str(out / "urls.parquet"), str(out / "run"), config=config)
+        pq.write_table(synthetic.url_list(world.root, server.base_url), urls)
+        metrics = bootstrap(str(urls), str(world.clean), str(out / "run"), eval_set=str(world.eval),
+                            rounds=1, config=DEMO_CONFIG, truth=str(world.truth),
+                            eval_truth=str(world.eval_truth))  # fmt: skip
     finally:
         server.close()
-    print(stats.report(out / "run"))
+    print(loop.summary_table(metrics))
     return 0

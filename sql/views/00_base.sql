@@ -4,6 +4,11 @@ CREATE OR REPLACE VIEW inputs AS
 SELECT regexp_extract(filename, '([^/]+)/[^/]+/[^/]+$', 1) AS run_id, * EXCLUDE (filename)
 FROM read_parquet(getvariable('inputs_files'), filename = true, union_by_name = true);
 
+-- Every input row after the download step: status, error and the bytes as served.
+CREATE OR REPLACE VIEW downloads AS
+SELECT regexp_extract(filename, '([^/]+)/[^/]+/[^/]+$', 1) AS run_id, * EXCLUDE (filename)
+FROM read_parquet(getvariable('raw_files'), filename = true, union_by_name = true);
+
 CREATE OR REPLACE VIEW curated AS
 SELECT regexp_extract(filename, '([^/]+)/[^/]+/[^/]+$', 1) AS run_id, * EXCLUDE (filename)
 FROM read_parquet(getvariable('curated_files'), filename = true, union_by_name = true);

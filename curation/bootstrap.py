@@ -1,0 +1,126 @@
+"""BLIP's bootstrapping loop on disk, and the numbers that say whether CapFilt worked.
+
+Layout of a bootstrap RUN_DIR (each step skipped when its output exists):
+    web/                the web, downloaded once (a run directory with raw/ only)
+    round0/model/       pre-trained on the raw web pairs
+    roundR/finetuned/   roundR-1's model fine-tuned on the clean set (captioner LM; filter ITC+ITM)
+    roundR/capfilt/     `curate run` over the web with that captioner and filter
+    roundR/model/       pre-trained from scratch on roundR/capfilt's curated pairs
+    metrics.json        every model's eval numbers, every CapFilt pass's noise ratio
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from curation import io, sql, synthetic
+
+
+def layout(out: Path, round_no: int) -> dict[str, Path]:
+    """Folders of one round (round 0 has only `model`)."""
+    base = Path(out) / f"round{round_no}"
+    return {"model": base / "model", "finetuned": base / "finetuned", "capfilt": base / "capfilt"}
+
+
+def link_downloads(web_run: Path, run_dir: Path) -> None:
+    """Give `run_dir` the web run's downloads (hard links + markers): download once, reuse."""
+    for marker in sorted((Path(web_run) / "_done" / "download").glob("*.json")):
+        shard = int(marker.stem)
+        target = Path(run_dir) / "raw" / f"{marker.stem}.parquet"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(Path(web_run) / "raw" / f"{marker.stem}.parquet", target)
+        io.write_marker(run_dir, "download", shard, json.loads(marker.read_text()))
+
+
+def noise_ratio(run_dir: Path) -> dict:
+    """BLIP's "noise ratio" of a CapFilt pass: share of web and of synthetic texts rejected."""
+    con = sql.connect(run_dir)
+    columns, rows = sql.query(con, "bootstrap_noise_ratio")
+    return {f"{row[0]}_rejected_pct": row[1] for row in rows}
+
+
+def _truth_by_url(truth_parquet: Path) -> dict[str, dict]:
+    """Truth rows keyed by the URL's path tail (`images/web_000000.jpg`)."""
+    return {r["file"]: r for r in pq.read_table(truth_parquet).to_pylist()}
+
+
+def _file_of(url: str) -> str:
+    return "/".join(url.rsplit("/", 2)[-2:])
+
+
+def truth_metrics(web_run: Path, capfilt_run: Path, truth_parquet: Path) -> dict:
+    """What the synthetic world's stored truth says about a CapFilt pass.
+
+    noise rate: share of texts wrong for their image, in the raw web (downloaded images with
+    alt-text) and among the kept texts of the curated output (web and synthetic); share of
+    clean web pairs kept; the filter's precision and recall as a detector of noisy web texts; and the share of
+    synthetic captions fully true of their scene.
+    """
+    truth = _truth_by_url(truth_parquet)
+    con = sql.connect(web_run)
+    raw = con.execute(sql.load("bootstrap_raw_texts")).fetchall()
+    raw_noisy = [truth[_file_of(url)]["is_noisy"] for url, _ in raw]
+    texts = sql.connect(capfilt_run).execute(sql.load("bootstrap_scored_texts")).fetchall()
+    web = {_file_of(url): kept for url, source, _, kept, _ in texts if source == "web"}
+    kept_texts, synthetic = [], []
+    for url, source, text, kept, curated in texts:
+        row = truth[_file_of(url)]
+        wrong = row["is_noisy"] if source == "web" else not _true(text, row["scene"])
+        if source == "synthetic":
+            synthetic.append(not wrong)
+        if kept and curated:
+            kept_texts.append(wrong)
+    return {
+        "raw_noise_pct": _pct(sum(raw_noisy), len(raw_noisy)),
+        "curated_noise_pct": _pct(sum(kept_texts), len(kept_texts)),
+        "curated_texts": len(kept_texts),
+        **_web_filter_scores(truth, web, [_file_of(url) for url, _ in raw]),
+        "synthetic_true_pct": _pct(sum(synthetic), len(synthetic)),
+    }
+
+
+def _true(text: str, scene_json: str) -> bool:
+    return synthetic.caption_is_true(text, synthetic.Scene.from_json(scene_json))
+
+
+def _web_filter_scores(truth: dict, web_kept: dict, downloaded: list[str]) -> dict:
+    """The filter as a detector of noisy web texts: a web text it did not keep (or an image
+    it rejected whole) counts as flagged noisy."""
+    flagged = {f: not web_kept.get(f, False) for f in downloaded}
+    noisy = {f: truth[f]["is_noisy"] for f in downloaded}
+    hits = sum(flagged[f] and noisy[f] for f in downloaded)
+    clean = [f for f in downloaded if not noisy[f]]
+    return {
+        "clean_web_kept_pct": _pct(sum(not flagged[f] for f in clean), len(clean)),
+        "filter_precision_pct": _pct(hits, sum(flagged.values())),
+        "filter_recall_pct": _pct(hits, sum(noisy.values())),
+    }
+
+
+def _pct(part: int, whole: int) -> float | None:
+    return round(100.0 * part / whole, 2) if whole else None
+
+
+def summary_table(metrics: dict) -> str:
+    """The demo's table: round 0 (raw web) vs each later round, and each CapFilt pass."""
+    rounds = sorted(metrics["models"], key=lambda name: int(name[5:]))
+    lines = ["model trained on       " + "".join(f"{r:>12}" for r in rounds)]
+    for key, label in [("i2t_r1", "i2t recall@1"), ("t2i_r1", "t2i recall@1"),
+                       ("i2t_r5", "i2t recall@5"), ("t2i_r5", "t2i recall@5"),
+                       ("cider", "CIDEr"), ("bleu4", "BLEU-4"),
+                       ("caption_true", "captions true (%)")]:  # fmt: skip
+        values = [metrics["models"][r].get(key) for r in rounds]
+        lines.append(f"{label:<23}" + "".join(_cell(v) for v in values))
+    for name, found in sorted(metrics["capfilt"].items()):
+        lines.append(f"\nCapFilt pass {name}")
+        lines += [f"  {key:<28}{_cell(value).strip()}" for key, value in found.items()]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return f"{'-':>12}"
+    return f"{value:>12.2f}" if isinstance(value, float) else f"{value!s:>12}"

@@ -1,0 +1,8 @@
+-- Every text the filter scored, with its image's URL, whether it passed the filter, and whether
+-- its image ended in the curated output.
+SELECT s.url, t.source, t.text, t.kept, t.outcome = 'curated' AS curated
+FROM texts AS t
+JOIN (SELECT run_id, sample_id, url FROM curated
+      UNION ALL
+      SELECT run_id, sample_id, url FROM rejects) AS s USING (run_id, sample_id)
+ORDER BY t.sample_id, t.source;
