@@ -56,8 +56,8 @@ def truth_metrics(web_run: Path, capfilt_run: Path, truth_parquet: Path) -> dict
 
     noise rate: share of texts wrong for their image, in the raw web (downloaded images with
     alt-text) and among the kept texts of the curated output (web and synthetic); share of
-    clean web pairs kept; the filter's precision and recall as a detector of noisy web texts; and the share of
-    synthetic captions fully true of their scene.
+    clean web pairs kept; the filter's precision and recall as a detector of noisy web texts;
+    and the share of synthetic captions fully true of their scene.
     """
     truth = _truth_by_url(truth_parquet)
     con = sql.connect(web_run)

@@ -34,6 +34,7 @@ class DownloadConfig:
     retries: int = 0  # a retry rarely rescues a dead web URL and doubles the time spent on it
     thread_count: int = 32  # concurrent requests per shard; downloads are I/O bound
     allow_private_network: bool = False  # refuse loopback/private/link-local targets (SSRF)
+    max_bytes: int = 20_000_000  # larger responses are refused while read: no image is this big
 
 
 @dataclass

@@ -8,7 +8,6 @@ img2dataset runs in a child process: it starts its own process pool and prints i
 neither of which belongs in the orchestrator's process.
 """
 
-import ipaddress
 import json
 import os
 import socket
@@ -23,9 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation import schema
+from curation import safe_fetch, schema
 from curation.config import DownloadConfig
 
+GUARD_DIR = Path(__file__).resolve().parent / "_fetchguard"
 _IMG2DATASET = (
     "import json, sys; from img2dataset import download; download(**json.loads(sys.argv[1]))"
 )
@@ -34,11 +34,6 @@ _IMG2DATASET = (
 @lru_cache(maxsize=4096)
 def _resolve(host: str) -> tuple[str, ...]:
     return tuple(sorted({info[4][0] for info in socket.getaddrinfo(host, None)}))
-
-
-def _is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%")[0])
-    return ip.is_global and not ip.is_multicast
 
 
 def check_url(url: str | None, allow_private_network: bool) -> tuple[str, str] | None:
@@ -57,7 +52,7 @@ def check_url(url: str | None, allow_private_network: bool) -> tuple[str, str] |
         addresses = _resolve(host)
     except (socket.gaierror, UnicodeError) as err:
         return "download_failed", f"cannot resolve {host}: {err}"
-    blocked = [a for a in addresses if not _is_public(a)]
+    blocked = [a for a in addresses if not safe_fetch.is_public(a)]
     if blocked:
         return "blocked_address", f"{host} resolves to non-public {blocked[0]}"
     return None
@@ -91,7 +86,7 @@ def _run_img2dataset(urls: pa.Table, work: Path, cfg: DownloadConfig) -> pa.Tabl
         enable_wandb=False,
         incremental_mode="incremental",  # "overwrite" deletes its own _tmp folder (1.47)
     )
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env = _guarded_env(cfg)
     with open(work / "img2dataset.log", "w") as log:
         done = subprocess.run(
             [sys.executable, "-c", _IMG2DATASET, json.dumps(args)], stdout=log, stderr=log, env=env
@@ -101,6 +96,25 @@ def _run_img2dataset(urls: pa.Table, work: Path, cfg: DownloadConfig) -> pa.Tabl
         raise RuntimeError(f"img2dataset failed (exit {done.returncode}):\n{tail}")
     files = sorted((work / "out").glob("*.parquet"))
     return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+
+
+def _guarded_env(cfg: DownloadConfig) -> dict:
+    """Environment of the img2dataset process: safe_fetch's guards in every worker."""
+    paths = [str(GUARD_DIR), os.environ.get("PYTHONPATH", "")]
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in paths if p),
+        safe_fetch.ENV_MAX_BYTES: str(cfg.max_bytes),
+        safe_fetch.ENV_ALLOW_PRIVATE: "1" if cfg.allow_private_network else "0",
+        "NO_ALBUMENTATIONS_UPDATE": "1",  # albumentations checks for updates over the network
+    }
+
+
+def _failure(message: str | None) -> tuple[str, str]:
+    """(reason, detail) of a failed fetch; the guards' refusals keep their own reason."""
+    message = message or "failed to download"
+    reason = "blocked_address" if message.startswith("blocked address") else "download_failed"
+    return reason, message
 
 
 def _raw_rows(table: pa.Table, fetched: pa.Table | None, refused: dict) -> pa.Table:
@@ -120,7 +134,7 @@ def _raw_rows(table: pa.Table, fetched: pa.Table | None, refused: dict) -> pa.Ta
         elif got["status"] == "success":
             row = ("success", None, got["jpg"])
         else:
-            row = ("download_failed", got["error_message"] or got["status"], None)
+            row = (*_failure(got["error_message"]), None)
         for column, value in zip((status, error, image), row, strict=True):
             column.append(value)
     extra = {"status": status, "error": error, "image": pa.array(image, pa.binary())}

@@ -80,7 +80,7 @@ class TrainConfig:
     warmup: int = 30  # linear warm-up steps, then cosine decay to 0 (BLIP: warm-up + cosine)
     label_smoothing: float = 0.1  # LM cross-entropy label smoothing (BLIP: 0.1)
     itm_hard_negatives: bool = True  # ITM negatives drawn by ITC similarity (BLIP) vs uniform
-    temperature: float = 0.07  # ITC softmax temperature, fixed (BLIP: learnable, init 0.07)
+    temperature: float = 0.07  # ITC temperature at the start, then learnt (BLIP: init 0.07)
     finetune_epochs: int = 10  # passes over the clean set in fine-tuning (BLIP COCO: 5-6)
     finetune_lr: float = 2e-4  # AdamW peak lr in fine-tuning (BLIP: 1e-5 on ViT-B)
     seed: int = 0  # model init, batch order and negative sampling
@@ -240,6 +240,25 @@ def build_models(
     return captioner, filt, processor
 
 
+class Temperature(nn.Module):
+    """BLIP's learnable ITC temperature (sec. 3.2; init 0.07, kept within [0.001, 0.5]).
+
+    Learning it matters from scratch: with random features a fixed low temperature makes the
+    contrastive loss exceed log(batch), and the quickest way down is to collapse every feature
+    to one point, a plateau that costs tens of steps; raising the temperature is quicker.
+    Training only: the saved checkpoints score with plain cosine similarity.
+    """
+
+    def __init__(self, init: float):
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self) -> torch.Tensor:
+        with torch.no_grad():
+            self.value.clamp_(0.001, 0.5)
+        return self.value
+
+
 @dataclass
 class _Job:
     """One optimisation: the models it updates, the objectives it sums, its schedule."""
@@ -249,12 +268,17 @@ class _Job:
     objectives: tuple[str, ...]  # subset of OBJECTIVES
     epochs: int
     lr: float
+    temperature: Temperature  # ITC's, learnt along with the models
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Everything trained and checkpointed: the models and the temperature."""
+        return {**self.models, "temperature": self.temperature}
 
     def parameters(self) -> list[nn.Parameter]:
         """Every trainable parameter once, even when models share modules."""
         unique: dict[int, nn.Parameter] = {}
-        for model in self.models.values():
-            for param in model.parameters():
+        for module in self.modules().values():
+            for param in module.parameters():
                 unique.setdefault(id(param), param)
         return list(unique.values())
 
@@ -288,7 +312,10 @@ def _make_batch(pixels: torch.Tensor, data: PairData, tokens: Tokens, index, dev
 
 
 def itc_loss(
-    image_feat: torch.Tensor, text_feat: torch.Tensor, image_of: torch.Tensor, temperature: float
+    image_feat: torch.Tensor,
+    text_feat: torch.Tensor,
+    image_of: torch.Tensor,
+    temperature: float | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, similarities): InfoNCE image->text and text->image over the batch (sec. 3.2).
 
@@ -397,7 +424,7 @@ def compute_losses(
     if "itc" in job.objectives or "itm" in job.objectives:
         filt = job.models["filter"]
         image_feat, text_feat = _itc_features(filt, embeds["filter"], batch)
-        itc, sim = itc_loss(image_feat, text_feat, batch.image_of, cfg.temperature)
+        itc, sim = itc_loss(image_feat, text_feat, batch.image_of, job.temperature())
         if "itc" in job.objectives:
             losses["itc"] = itc
         if "itm" in job.objectives:
@@ -472,7 +499,7 @@ def save_checkpoint(root: Path, job: _Job, optimizer, progress: dict, fingerprin
     tmp.mkdir(parents=True)
     state = {
         "fingerprint": fingerprint,
-        "models": {name: model.state_dict() for name, model in job.models.items()},
+        "models": {name: module.state_dict() for name, module in job.modules().items()},
         "optimizer": optimizer.state_dict(),
         "rng": _rng_state(),
         **progress,
@@ -496,8 +523,8 @@ def load_checkpoint(root: Path, job: _Job, optimizer, fingerprint: str) -> dict 
         raise TrainDirError(
             f"{root} holds a checkpoint of other data or settings; use a new output folder"
         )
-    for name, model in job.models.items():
-        model.load_state_dict(state["models"][name])
+    for name, module in job.modules().items():
+        module.load_state_dict(state["models"][name])
     optimizer.load_state_dict(state["optimizer"])
     _set_rng_state(state["rng"])
     return {key: state[key] for key in ("step", "log", "acc")}
@@ -570,8 +597,8 @@ def run_job(job: _Job, ctx: _Context) -> dict:
     """Train `job` to its last step, resuming from its latest checkpoint; its log."""
     cfg, n = ctx.cfg, len(ctx.data.texts)
     total = steps_per_epoch(n, cfg.batch_size) * job.epochs
-    for model in job.models.values():
-        model.to(ctx.device).train()
+    for module in job.modules().values():
+        module.to(ctx.device).train()
     optimizer = torch.optim.AdamW(job.parameters(), lr=job.lr, weight_decay=cfg.weight_decay)
     root = ctx.out / "checkpoints" / job.name
     progress = load_checkpoint(root, job, optimizer, ctx.fingerprint)
@@ -604,6 +631,7 @@ def _after_step(job, ctx: _Context, optimizer, progress: dict, total: int, lr, l
     step, cfg = progress["step"], ctx.cfg
     if step % cfg.log_every == 0 or step == total:
         entry = _log_entry(step, total, lr, progress["acc"])
+        entry["temperature"] = float(job.temperature.value)
         progress["log"].append(entry)
         progress["acc"] = _new_acc()
         epoch = -(-step // steps_per_epoch(len(ctx.data.texts), cfg.batch_size))
@@ -758,7 +786,8 @@ def pretrain(
     ctx = _context(pairs, processor, out, cfg, fingerprint, on_step)
     models = {"captioner": captioner, "filter": filt}
     log = _base_log("pretrain", ctx, init_dir)
-    log["jobs"]["pretrain"] = run_job(_Job("pretrain", models, OBJECTIVES, cfg.epochs, cfg.lr), ctx)
+    job = _Job("pretrain", models, OBJECTIVES, cfg.epochs, cfg.lr, Temperature(cfg.temperature))
+    log["jobs"]["pretrain"] = run_job(job, ctx)
     return _write_outputs(ctx, captioner, filt, processor, log)
 
 
@@ -783,9 +812,9 @@ def finetune(
     ctx = _context(pairs, processor, out, cfg, fingerprint, on_step)
     epochs, lr = cfg.finetune_epochs, cfg.finetune_lr
     jobs = (
-        _Job("captioner", {"captioner": captioner}, ("lm",), epochs, lr),
-        _Job("filter", {"filter": filt}, ("itc", "itm"), epochs, lr),
-    )
+        _Job("captioner", {"captioner": captioner}, ("lm",), epochs, lr, Temperature(1.0)),
+        _Job("filter", {"filter": filt}, ("itc", "itm"), epochs, lr, Temperature(cfg.temperature)),
+    )  # the captioner's LM uses no temperature
     log = _base_log("finetune", ctx, init_dir)
     for job in jobs:
         log["jobs"][job.name] = run_job(job, ctx)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 class Routes(dict):
-    """path -> (status, content type, body)."""
+    """path -> (status, content type, body); for a 3xx status the body is the Location."""
 
 
 def _handler(routes: Routes):
@@ -15,6 +15,8 @@ def _handler(routes: Routes):
         def do_GET(self):  # noqa: N802 -- http.server's naming
             status, content_type, body = routes.get(self.path, (404, "text/plain", b"not found"))
             self.send_response(status)
+            if 300 <= status < 400:
+                self.send_header("Location", body.decode())
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

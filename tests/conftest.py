@@ -46,7 +46,16 @@ def hostile_web() -> dict[str, tuple[int, str, bytes]]:
         "/pixel.png": (200, "image/png", encode(Image.new("RGB", (1, 1)), "PNG")),
         "/page.jpg": (200, "image/jpeg", b"<html><body>Not found</body></html>"),
         "/truncated.jpg": (200, "image/jpeg", rgb[: len(rgb) // 2]),
+        "/redirect.jpg": (302, "text/plain", b"/good.jpg"),
+        "/loop.jpg": (302, "text/plain", b"/loop.jpg"),
+        "/to-ftp.jpg": (302, "text/plain", b"ftp://127.0.0.1/x.jpg"),
+        "/error.jpg": (500, "text/plain", b"internal error"),
+        "/page.html": (200, "text/html", b"<html><body>an article</body></html>"),
+        "/huge.jpg": (200, "image/jpeg", rgb + bytes(HUGE)),
     }
+
+
+HUGE = 3_000_000  # bytes appended to a JPEG: past the tests' 2 MB max_bytes
 
 
 def closed_port() -> int:

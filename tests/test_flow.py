@@ -26,6 +26,12 @@ CASES = {
     "/page.jpg": ("html saved as jpg", "decode_error"),
     "/truncated.jpg": ("half a jpeg", "decode_error"),
     "/missing.jpg": ("404", "download_failed"),
+    "/redirect.jpg": ("redirected to good.jpg", "curated"),
+    "/loop.jpg": ("redirect loop", "download_failed"),
+    "/to-ftp.jpg": ("redirect to ftp", "download_failed"),
+    "/error.jpg": ("HTTP 500", "download_failed"),
+    "/page.html": ("an HTML page", "download_failed"),
+    "/huge.jpg": ("far larger than any image", "download_failed"),
 }
 
 
@@ -46,6 +52,7 @@ def curated_run(tmp_path_factory, web, tiny_models, prefect_harness):
     (root / "cfg.toml").write_text(
         "[sharding]\nshard_size = 5\n[capfilt]\nitm_threshold = 0.0\nnum_captions = 2\n"
         "batch_size = 3\nmax_new_tokens = 6\nmin_new_tokens = 2\n[download]\ntimeout = 5\n"
+        "max_bytes = 2000000\n"
         '[select]\nmetadata = ""\n'
     )
     captioner, filt = tiny_models
@@ -99,7 +106,7 @@ def test_rerun_skips_finished_shards_and_changes_nothing(curated_run):
     assert cli.main(argv) == 0
     assert time.perf_counter() - started < 30
     after = {p.name: p.read_bytes() for p in (run_dir / "shards").glob("*.parquet")}
-    assert before == after and len(before) == 3
+    assert before == after and len(before) == 4
     assert not list(run_dir.rglob(".*.tmp-*"))  # no temporary files left behind
 
 
@@ -165,7 +172,7 @@ def test_sql_views_over_runs_and_output_formats(curated_run, tmp_path, capsys):
     steps = "SELECT step, count(*) AS n FROM shards GROUP BY step ORDER BY step"
     assert cli.main(["sql", str(run_dir), steps, "--format", "csv"]) == 0
     steps_seen = capsys.readouterr().out.splitlines()[1:]
-    assert steps_seen == ['"annotate",3', '"capfilt",3', '"download",3', '"select",3']
+    assert steps_seen == ['"annotate",4', '"capfilt",4', '"download",4', '"select",4']
 
 
 def test_bad_query_gives_duckdbs_message_and_nonzero_exit(curated_run, capsys):

@@ -134,3 +134,25 @@ def test_metadata_build_cli(tmp_path, capsys):
     entries = out.read_text().splitlines()
     assert "new york" in entries and "york" in entries and "dog" in entries
     assert "night old" not in entries  # never adjacent in one text
+
+
+def test_safe_fetch_refuses_private_targets_after_resolution(web):
+    from curation import safe_fetch
+
+    guarded = safe_fetch.opener(allow_private=False, max_bytes=10**6)
+    with pytest.raises(OSError, match="blocked address"):
+        guarded.open(web.base_url + "/good.jpg", timeout=5)
+    allowed = safe_fetch.opener(allow_private=True, max_bytes=10**6)
+    assert allowed.open(web.base_url + "/good.jpg", timeout=5).read()[:2] == b"\xff\xd8"
+
+
+def test_safe_fetch_caps_body_size_and_content_type(web):
+    from curation import safe_fetch
+
+    guarded = safe_fetch.opener(allow_private=True, max_bytes=10**6)
+    with pytest.raises(OSError, match="larger than"):
+        guarded.open(web.base_url + "/huge.jpg", timeout=5).read()
+    with pytest.raises(OSError, match="not an image"):
+        guarded.open(web.base_url + "/page.html", timeout=5)
+    with pytest.raises(OSError, match="non-http"):
+        guarded.open(web.base_url + "/to-ftp.jpg", timeout=5)

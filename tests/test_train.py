@@ -123,12 +123,20 @@ def test_itc_loss_is_low_for_aligned_features_and_counts_same_image_texts_as_pos
     aligned, _ = train.itc_loss(feats, feats, torch.arange(4), temperature=0.05)
     shuffled, _ = train.itc_loss(feats, feats.roll(1, dims=0), torch.arange(4), temperature=0.05)
     assert aligned < 0.01 < 10 < shuffled
-    # Pairs 0 and 1 show the same image: their texts are both right for it.
-    image_of = torch.tensor([0, 0, 2, 3])
-    images = feats[[0, 0, 2, 3]]
-    texts = torch.stack([(feats[0] + feats[1]) / 2**0.5] * 2 + [feats[2], feats[3]])
-    loss, _ = train.itc_loss(images, texts, image_of, temperature=0.05)
-    assert loss < 0.01
+    # Pairs 0 and 1 show the same image: each of their texts is half the target of either.
+    generator = torch.Generator().manual_seed(0)
+    images, texts = (
+        torch.nn.functional.normalize(torch.randn(4, 8, generator=generator), dim=-1)
+        for _ in range(2)
+    )
+    loss, _ = train.itc_loss(images, texts, torch.tensor([0, 0, 2, 3]), temperature=0.1)
+    i2t = torch.log_softmax(images @ texts.t() / 0.1, dim=1)
+    t2i = torch.log_softmax(texts @ images.t() / 0.1, dim=1)
+
+    def row_loss(logp):
+        return -(logp[0, :2].mean() + logp[1, :2].mean() + logp[2, 2] + logp[3, 3]) / 4
+
+    assert loss == pytest.approx(float(row_loss(i2t) + row_loss(t2i)) / 2, rel=1e-5)
 
 
 def test_hard_negatives_follow_similarity_and_skip_the_same_image():
