@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from curation import schema, sql
-from curation.config import CapFiltConfig
+from curation.config import CapFiltConfig, ConfigError
 from curation.images import decode_image
 from curation.io import write_json
 
@@ -69,7 +69,7 @@ EXTRA_FIELDS = {  # exported columns that are not in schema.CURATED
 }
 
 
-class ExportError(ValueError):
+class ExportError(ConfigError):
     """An export the user must fix (predicate, format, output folder); nothing was written."""
 
 

@@ -30,6 +30,8 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
+from curation.config import ConfigError
+
 # "org/name" or a bare legacy name ("bert-base-uncased"): what a Hugging Face hub id looks like.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # Image-processor settings that change pixel_values; two processors agreeing on all of them
@@ -50,7 +52,7 @@ PIXEL_KEYS = (
 )
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(ConfigError):
     """A model id or folder that cannot be loaded; the message names it in one line."""
 
 

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from curation import sql
-from curation.config import CapFiltConfig
+from curation.config import CapFiltConfig, ConfigError
 from curation.export import has_annotations
 from curation.images import decode_image
 from curation.io import shard_name
@@ -96,7 +96,7 @@ class RunInfo:
         return self.capfilt.get("max_image_pixels", CapFiltConfig().max_image_pixels)
 
 
-class ReportError(ValueError):
+class ReportError(ConfigError):
     """RUN_DIR is not a curation run."""
 
 

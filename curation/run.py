@@ -25,10 +25,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from curation import capfilt, download, io, models, schema, scoring, select, urls
-from curation.config import RunConfig, from_dict
+from curation.config import ConfigError, RunConfig, from_dict
 
 
-class RunDirError(ValueError):
+class RunDirError(ConfigError):
     """RUN_DIR already holds a different run."""
 
 

@@ -1,9 +1,9 @@
 """DuckDB over one or many runs' Parquet: views by name, SQL kept in `sql/`, loaded by name.
 
-Views (sql/views/*.sql, every row tagged with `run_id`, the run directory's name):
-    inputs, downloads, curated (= samples), rejects, texts, annotations, concepts (sample, entry), shards
-(per-shard markers), runs (manifests). File lists are bound as DuckDB variables,
-so no SQL is ever built from strings at run time.
+Views (sql/views/*.sql), every row tagged with `run_id` (the run directory's name): inputs,
+downloads, curated (= samples), rejects, texts, annotations, concepts (sample, entry), shards
+(per-shard markers), runs (manifests). File lists are bound as DuckDB variables, so no SQL is
+built from strings at run time.
 """
 
 import json

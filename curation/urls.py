@@ -14,11 +14,12 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from curation import schema
+from curation.config import ConfigError
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 
 
-class UrlListError(ValueError):
+class UrlListError(ConfigError):
     """The URL list cannot be used as given; the message names the file and the problem."""
 
 

@@ -1,4 +1,8 @@
-"""The `curate` command line. Thin: parse, validate everything up front, call one flow."""
+"""The `curate` command line. Thin: parse, validate everything up front, call one flow.
+
+Commands that need no model (stats, sql, runs, export, report) import no torch, so they answer
+in about a second.
+"""
 
 import argparse
 import os
@@ -6,27 +10,19 @@ import sys
 from pathlib import Path
 
 import duckdb
-from transformers.utils import logging as transformers_logging
 
 from curation import config as config_mod
-from curation import export as export_mod
-from curation import models, run, select, sql, stats, urls
-from curation import report as report_mod
+from curation import select, sql, stats, urls
 
-# Errors that mean "fix your command": one line, exit code 2, before any work.
-USER_ERRORS = (
-    config_mod.ConfigError,
-    urls.UrlListError,
-    models.ModelSourceError,
-    run.RunDirError,
-    FileNotFoundError,  # a concept list that does not exist
-    export_mod.ExportError,
-    report_mod.ReportError,
-)
+# Errors that mean "fix your command": one line, exit code 2, before any work. Every such error
+# of the library (bad URL list, model source, run dir, predicate...) is a ConfigError.
+USER_ERRORS = (config_mod.ConfigError, FileNotFoundError)
 
 
 def _quiet() -> None:
     # Telemetry tries the network; INFO logs and load bars would drown the progress lines.
+    from transformers.utils import logging as transformers_logging
+
     transformers_logging.disable_progress_bar()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -47,6 +43,8 @@ def run_config(args) -> config_mod.RunConfig:
 
 
 def cmd_run(args) -> int:
+    from curation import models
+
     cfg = run_config(args)
     caption_col = args.caption_col or None
     urls.read_url_list(args.urls, args.url_col, caption_col)  # fail now, not in a task
@@ -62,6 +60,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_schedule(args) -> int:
+    from curation import models
+
     cfg = run_config(args)
     caption_col = args.caption_col or None
     urls.read_url_list(args.urls, args.url_col, caption_col)
@@ -112,6 +112,8 @@ def cmd_sql(args) -> int:
 
 
 def cmd_runs(args) -> int:
+    from curation import run
+
     rows = [run.summary(d) for d in sorted(Path(args.out_root).iterdir()) if run.is_run(d)]
     columns = ["run", "status", "input", "curated", "rejected", "seconds"]
     print(stats.format_table(columns, [tuple(r[c] for c in columns) for r in rows]))
@@ -119,6 +121,8 @@ def cmd_runs(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from curation import export as export_mod
+
     manifest = export_mod.export(args.run_dir, args.out, args.where, args.format,
                                  args.shard_size, args.caption)  # fmt: skip
     counts = manifest["counts"]
@@ -127,6 +131,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from curation import report as report_mod
+
     print(report_mod.write_report(args.run_dir, args.out))
     return 0
 

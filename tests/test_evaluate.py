@@ -1,0 +1,87 @@
+"""Evaluation: grouping by image, caption truth, and a trained model that beats chance."""
+
+import pyarrow as pa
+import pytest
+
+from curation import evaluate, synthetic, train
+from curation.io import write_parquet
+from curation.train import TrainConfig
+
+RED = synthetic.Scene("white", (synthetic.Obj("circle", "red", "large", "center"),))
+BLUE = synthetic.Scene("black", (synthetic.Obj("star", "blue", "small", "top left"),))
+
+
+def jpeg(scene: synthetic.Scene) -> bytes:
+    return synthetic.encode_jpeg(synthetic.render_scene(scene, 32, 32))
+
+
+def write_eval(tmp_path):
+    """Two images, three captions, ids 7 and 3 (not in order), and their truth."""
+    table = pa.table(
+        {
+            "image": [jpeg(RED), jpeg(RED), jpeg(BLUE)],
+            "caption": ["a red circle", "a large red circle", "a small blue star"],
+            "image_id": [7, 7, 3],
+        },
+        schema=synthetic.CLEAN,
+    )
+    write_parquet(table, tmp_path / "eval.parquet", synthetic.CLEAN)
+    truth = pa.table({"image_id": [7, 3], "scene": [RED.to_json(), BLUE.to_json()]})
+    write_parquet(truth, tmp_path / "truth.parquet", synthetic.EVAL_TRUTH)
+    return tmp_path / "eval.parquet", tmp_path / "truth.parquet"
+
+
+def test_eval_set_groups_captions_by_image(tmp_path):
+    eval_path, _ = write_eval(tmp_path)
+    data = evaluate.load_eval_set(eval_path)
+    assert data.image_ids == [7, 3]
+    assert data.images == [jpeg(RED), jpeg(BLUE)]
+    assert data.text_image_ids == [7, 7, 3]
+    assert evaluate._references(data) == [
+        ["a red circle", "a large red circle"],
+        ["a small blue star"],
+    ]
+
+
+def test_caption_truth_checks_each_caption_against_its_own_scene(tmp_path):
+    _, truth = write_eval(tmp_path)
+    captions = ["a red circle in the center", "a red circle", "a blue star at the top"]
+    # image 7 is the red circle; image 3's star is in the top left, so "at the top" is false
+    assert evaluate.caption_truth(captions, [7, 3, 3], truth) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="image_id 5"):
+        evaluate.caption_truth(["a red circle"], [5], truth)
+
+
+def test_evaluate_reports_every_metric_with_the_prompt_removed(tmp_path, tiny_models):
+    eval_path, truth = write_eval(tmp_path)
+    model_dir = tiny_models[0].parent  # captioner/ and filter/, random weights
+    result = evaluate.evaluate(model_dir, eval_path, truth, num_beams=2, max_new_tokens=6)
+    for key in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "r_mean"):
+        assert 0.0 <= result[key] <= 100.0
+    assert result["i2t_r5"] == result["t2i_r5"] == 100.0  # 2 images, 3 texts: all in the top 5
+    assert 0.0 <= result["bleu4"] <= 1.0 and result["cider"] >= 0.0
+    assert 0.0 <= result["caption_true"] <= 1.0
+    assert (result["images"], result["texts"]) == (2, 3)
+    captions = [s["caption"] for s in result["samples"]]
+    assert len(captions) == 2 and not any(c.startswith("a picture of") for c in captions)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model pretrained on a small world's clean set, and that world."""
+    root = tmp_path_factory.mktemp("world")
+    world = synthetic.write_world(root, n_web=160, clean_frac=0.5, n_eval=12, image_size=(32, 40))
+    cfg = TrainConfig(**TRAIN)
+    train.pretrain(train.pairs_from_clean(world.clean), root / "model", cfg)
+    return root / "model", world
+
+
+TRAIN = dict(size="tiny", batch_size=16, epochs=8, lr=2e-3, warmup=5, seed=0, log_every=10)
+
+
+def test_trained_model_retrieves_well_above_chance(trained):
+    model_dir, world = trained
+    result = evaluate.evaluate(model_dir, world.eval, world.eval_truth, max_new_tokens=12)
+    chance = 100.0 / result["images"]  # t2i: one right image among n
+    assert result["t2i_r1"] > 2.5 * chance, result
+    assert result["i2t_r1"] > 2.5 * chance, result
