@@ -40,13 +40,15 @@ CANDIDATE = pa.struct(
     ]
 )
 
+CANDIDATE_LIST = pa.list_(CANDIDATE)
+
 CURATED = pa.schema(
     [
         pa.field("sample_id", pa.int64(), nullable=False),
         pa.field("key", pa.string()),  # zero-padded sample_id, the export file stem
         pa.field("url", pa.string()),
         pa.field("web_text", pa.string()),
-        pa.field("candidates", pa.list_(CANDIDATE)),
+        pa.field("candidates", CANDIDATE_LIST),
         pa.field("caption", pa.string()),  # the kept text with the highest ITM probability
         pa.field("caption_source", pa.string()),
         pa.field("caption_itm", pa.float32()),
@@ -81,7 +83,7 @@ REJECTS = pa.schema(
         pa.field("stage", pa.string()),  # "download" | "decode" | "capfilt" | "select"
         pa.field("reason", pa.string()),  # one of REJECT_REASONS
         pa.field("detail", pa.string()),  # human-readable
-        pa.field("candidates", pa.list_(CANDIDATE)),  # scores, when the filter saw the image
+        pa.field("candidates", CANDIDATE_LIST),  # scores, when the filter saw the image
         pa.field("shard", pa.int32()),
     ]
 )
