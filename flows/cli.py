@@ -80,6 +80,44 @@ def cmd_schedule(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from curation import train
+
+    cfg = config_mod.load(args.config)
+    pairs = train.pairs_from_curated(args.shards)
+    if not pairs:
+        raise config_mod.ConfigError(f"{args.shards} has no curated pairs (shards/*.parquet)")
+    log = train.pretrain(pairs, args.out, cfg.train, args.init)
+    print(f"wrote {args.out}/captioner, filter, scorer ({log.get('pairs', len(pairs))} pairs)")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from curation import train
+
+    cfg = config_mod.load(args.config)
+    train.finetune(train.pairs_from_clean(args.clean), args.init, args.out, cfg.train)
+    print(f"wrote {args.out}/captioner, filter, scorer")
+    return 0
+
+
+def cmd_bootstrap(args) -> int:
+    cfg = run_config(args)
+    caption_col = args.caption_col or None
+    urls.read_url_list(args.urls, args.url_col, caption_col)
+    for path in [args.clean, args.eval, args.truth, args.eval_truth]:
+        if path and not Path(path).is_file():
+            raise config_mod.ConfigError(f"file not found: {path}")
+    _quiet()
+    from curation import bootstrap as loop
+    from flows.bootstrap import bootstrap
+
+    metrics = bootstrap(args.urls, args.clean, args.out, args.eval, args.rounds, args.url_col,
+                        caption_col, cfg.to_dict(), args.truth, args.eval_truth)  # fmt: skip
+    print(loop.summary_table(metrics))
+    return 0
+
+
 def cmd_stats(args) -> int:
     print(stats.report(args.run_dir))
     return 0
@@ -182,6 +220,31 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--name", default="nightly", help="deployment name")
     add_run_options(c)
     c.set_defaults(func=cmd_schedule)
+    t = sub.add_parser("train", help="pre-train BLIP (ITC+ITM+LM) on a run's curated shards")
+    t.add_argument("--shards", required=True, metavar="RUN_DIR")
+    t.add_argument("--out", required=True, metavar="MODEL_DIR")
+    t.add_argument(
+        "--init", metavar="MODEL_DIR", help="start from these weights (default: scratch)"
+    )
+    t.add_argument("--config", help="TOML file or preset name ([train] section)")
+    t.set_defaults(func=cmd_train)
+    f = sub.add_parser(
+        "finetune", help="fine-tune captioner (LM) and filter (ITC+ITM) on clean data"
+    )
+    f.add_argument("--clean", required=True, help="Parquet with image (bytes) and caption")
+    f.add_argument("--init", required=True, metavar="MODEL_DIR")
+    f.add_argument("--out", required=True, metavar="MODEL_DIR2")
+    f.add_argument("--config", help="TOML file or preset name ([train] section)")
+    f.set_defaults(func=cmd_finetune)
+    b = sub.add_parser("bootstrap", help="BLIP's loop: pretrain, finetune, CapFilt, pretrain again")
+    b.add_argument("--clean", required=True, help="Parquet with image (bytes) and caption")
+    b.add_argument("--out", required=True, metavar="RUN_DIR")
+    b.add_argument("--eval", help="held-out set (CLEAN format) for recall@k, BLEU-4, CIDEr")
+    b.add_argument("--rounds", type=int, default=1)
+    b.add_argument("--truth", help="synthetic world's truth.parquet: noise and filter numbers")
+    b.add_argument("--eval-truth", help="synthetic world's eval_truth.parquet: caption truth")
+    add_run_options(b)
+    b.set_defaults(func=cmd_bootstrap)
     s = sub.add_parser("stats", help="print a run's funnel and score summaries")
     s.add_argument("run_dir")
     s.set_defaults(func=cmd_stats)
