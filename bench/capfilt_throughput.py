@@ -38,6 +38,9 @@ import time
 from io import BytesIO
 from pathlib import Path
 
+import curation  # noqa: F401 -- first: sets OMP_WAIT_POLICY before torch loads
+
+# isort: split
 import numpy as np
 import pyarrow as pa
 import torch

@@ -609,7 +609,7 @@ def _after_step(job, ctx: _Context, optimizer, progress: dict, total: int, lr, l
     step, cfg = progress["step"], ctx.cfg
     if step % cfg.log_every == 0 or step == total:
         entry = _log_entry(step, total, lr, progress["acc"])
-        entry["temperature"] = float(job.temperature.value)
+        entry["temperature"] = job.temperature.value.item()
         progress["log"].append(entry)
         progress["acc"] = _new_acc()
         epoch = -(-step // steps_per_epoch(len(ctx.data.texts), cfg.batch_size))

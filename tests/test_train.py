@@ -5,6 +5,7 @@ import math
 import pyarrow as pa
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from curation import models, schema, synthetic, tiny, train
@@ -124,18 +125,20 @@ def test_tokenize_pairs_scores_the_caption_not_the_prompt():
 # --------------------------------------------------------------------------- objectives
 
 
-def test_itc_loss_is_low_for_aligned_features_and_counts_same_image_texts_as_positives():
-    feats = torch.nn.functional.normalize(torch.eye(4)[:, :4], dim=-1)  # (4, 4) orthogonal
-    aligned, _ = train.itc_loss(feats, feats, torch.arange(4), temperature=0.05)
-    shuffled, _ = train.itc_loss(feats, feats.roll(1, dims=0), torch.arange(4), temperature=0.05)
-    assert aligned < 0.01 < 10 < shuffled
+def positives(image_of: list[int]) -> torch.Tensor:
+    ids = torch.tensor(image_of)
+    return ids[:, None] == ids[None, :]  # (B, B)
+
+
+def test_itc_loss_is_low_for_aligned_features_and_spreads_targets_over_positives():
+    feats = torch.eye(4)  # (4, 4) orthonormal features
+    aligned, _ = train.itc_loss(feats, feats, positives([0, 1, 2, 3]), temperature=0.05)
+    shifted, _ = train.itc_loss(feats, feats.roll(1, 0), positives([0, 1, 2, 3]), 0.05)
+    assert aligned < 0.01 < 10 < shifted
     # Pairs 0 and 1 show the same image: each of their texts is half the target of either.
     generator = torch.Generator().manual_seed(0)
-    images, texts = (
-        torch.nn.functional.normalize(torch.randn(4, 8, generator=generator), dim=-1)
-        for _ in range(2)
-    )
-    loss, _ = train.itc_loss(images, texts, torch.tensor([0, 0, 2, 3]), temperature=0.1)
+    images, texts = (F.normalize(torch.randn(4, 8, generator=generator), dim=-1) for _ in "it")
+    loss, _ = train.itc_loss(images, texts, positives([0, 0, 2, 3]), temperature=0.1)
     i2t = torch.log_softmax(images @ texts.t() / 0.1, dim=1)
     t2i = torch.log_softmax(texts @ images.t() / 0.1, dim=1)
 
@@ -145,10 +148,26 @@ def test_itc_loss_is_low_for_aligned_features_and_counts_same_image_texts_as_pos
     assert loss == pytest.approx(float(row_loss(i2t) + row_loss(t2i)) / 2, rel=1e-5)
 
 
+def test_the_same_text_on_two_images_is_a_positive_not_a_negative():
+    pixels = torch.zeros(3, 3, 4, 4)
+    data = train.PairData(
+        pixels, torch.tensor([0, 1, 2]), torch.tensor([0, 1, 0]), list("aba"), 0, ""
+    )
+    tokens = train.tokenize_pairs(
+        ["untitled", "a red circle", "untitled"], tiny.load_tokenizer(), TrainConfig()
+    )
+    batch = train._make_batch(pixels, data, tokens, torch.arange(3), torch.device("cpu"))
+    assert batch.positive.tolist() == [
+        [True, False, True],
+        [False, True, False],
+        [True, False, True],
+    ]
+
+
 def test_hard_negatives_follow_similarity_and_skip_the_same_image():
     sim = torch.zeros(4, 4)
     sim[0, 2] = sim[2, 0] = 50.0  # text 2 looks like image 0's match, and image 0 like text 2's
-    same = torch.tensor([0, 0, 2, 3])[:, None] == torch.tensor([0, 0, 2, 3])[None, :]
+    same = positives([0, 0, 2, 3])
     picks = [train.sample_negatives(sim, same, torch.Generator().manual_seed(s)) for s in range(20)]
     assert all(neg_text[0] == 2 and neg_image[2] == 0 for neg_text, neg_image in picks)
     for neg_text, neg_image in picks:  # never the image's own texts (0 and 1 share an image)
