@@ -72,7 +72,14 @@ def write_run(out: Path, rows: int) -> None:
             "shard": np.full(n, shard),
         })  # fmt: skip
         io.write_parquet(rejects, out / "rejects" / f"{shard:05d}.parquet", schema.REJECTS)
-        io.write_marker(out, "capfilt", shard, {"rows": len(ids), "seconds": 1.0})
+        markers = {
+            "download": {"rows": len(ids), "status": {"success": len(kept)}, "seconds": 9.0},
+            "capfilt": {"rows": len(ids), "passed": len(kept), "rejects": {},
+                        "images": len(kept), "seconds": 60.0, "model_seconds": 58.0},
+            "select": {"rows": len(kept), "curated": len(kept), "rejects": {}, "seconds": 1.0},
+        }  # fmt: skip
+        for step, summary in markers.items():
+            io.write_marker(out, step, shard, summary)
     plan = {"balance": {"t": rows // 20}, "score": {"threshold": 0.3}}
     (out / "selection.json").write_text(json.dumps(plan))
 

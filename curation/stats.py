@@ -7,9 +7,13 @@ from curation import sql
 
 SECTIONS = [
     ("Rows: input = curated + rejected", "stats_funnel"),
+    ("Funnel: rows in, rejected (by reason) and out of each step", "stats_funnel_steps"),
     ("Rejects by stage and reason", "stats_rejects"),
     ("Caption sources", "stats_sources"),
     ("ITM probability / ITC similarity by source", "stats_itm"),
+    ("Image sizes (curated)", "stats_sizes"),
+    ("Duplicates by sha256 (curated)", "stats_duplicates"),
+    ("Per shard: counts and CapFilt throughput", "stats_shards"),
 ]
 
 
