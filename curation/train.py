@@ -49,7 +49,7 @@ from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
 from transformers.utils import logging as transformers_logging
 
 from curation import tiny
-from curation.config import TrainConfig
+from curation.config import ConfigError, TrainConfig
 from curation.images import decode_image
 from curation.io import write_json
 from curation.models import pick_device, preprocess
@@ -609,7 +609,8 @@ def _after_step(job, ctx: _Context, optimizer, progress: dict, total: int, lr, l
     step, cfg = progress["step"], ctx.cfg
     if step % cfg.log_every == 0 or step == total:
         entry = _log_entry(step, total, lr, progress["acc"])
-        entry["temperature"] = job.temperature.value.item()
+        if "itc" in job.objectives:
+            entry["temperature"] = job.temperature.value.item()
         progress["log"].append(entry)
         progress["acc"] = _new_acc()
         epoch = -(-step // steps_per_epoch(len(ctx.data.texts), cfg.batch_size))
@@ -690,7 +691,7 @@ def check_config(cfg: TrainConfig) -> None:
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise ConfigError(message)
 
 
 # --------------------------------------------------------------------------- entry points

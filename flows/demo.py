@@ -16,12 +16,14 @@ from curation import synthetic
 from curation.webserver import Server, routes_from_dir
 from flows.bootstrap import bootstrap
 
-DEMO_WORLD = {"n_web": 1500, "clean_frac": 0.1, "n_eval": 200, "seed": 0}
+# Sized to finish in about 10 minutes on 2 CPU cores (README, "The built-in demo").
+DEMO_WORLD = {"n_web": 1000, "clean_frac": 0.1, "n_eval": 200, "seed": 0}
 DEMO_CONFIG = {
     "sharding": {"shard_size": 500},
     "download": {"allow_private_network": True, "timeout": 10},
     "capfilt": {"batch_size": 64, "num_captions": 3, "max_new_tokens": 24},
     "select": {"metadata": "", "scorer": ""},
+    "train": {"epochs": 4, "finetune_epochs": 8},
 }
 
 
