@@ -34,6 +34,11 @@ def download_web(urls: str, web: str, url_col: str, caption_col: str | None, con
 @task(cache_policy=NO_CACHE, task_run_name="pretrain-{model}")
 def pretrain(source: str, from_curated: bool, model: str, config: dict) -> dict:
     pairs = train.pairs_from_curated(source) if from_curated else train.pairs_from_raw(source)
+    if not pairs:
+        raise ValueError(
+            f"no training pairs in {source}: CapFilt kept no text; lower [capfilt] "
+            "itm_threshold or fine-tune the filter longer ([train] finetune_epochs)"
+        )
     _say(f"pre-training {model} from scratch on {len(pairs):,} pairs")
     return train.pretrain(pairs, model, from_dict(config).train)
 
