@@ -104,6 +104,7 @@ def bootstrap(
     for r in range(rounds + 1):
         if eval_set:
             metrics["models"][f"round{r}"] = evaluate(model, eval_set, eval_truth)
+            io.write_json(metrics, out_dir / "metrics.json")  # kept if a later step fails
         if r == rounds:
             break
         dirs = loop.layout(out_dir, r + 1)
@@ -111,6 +112,7 @@ def bootstrap(
         capfilt_run = _capfilt_pass(urls, out_dir, r + 1, url_col, caption_col, config)
         metrics["capfilt"][f"round{r + 1}"] = capfilt_metrics(str(out_dir / "web"), capfilt_run,
                                                               truth)  # fmt: skip
+        io.write_json(metrics, out_dir / "metrics.json")
         model = str(dirs["model"])
         pretrain(capfilt_run, True, model, config)
     io.write_json(metrics, out_dir / "metrics.json")
