@@ -66,17 +66,17 @@ class TrainConfig:
     images of 64-96 px) with the "small" preset on 2 CPU cores; BLIP's own values are noted.
     """
 
-    size: str = "small"  # tiny.PRESETS entry for models built from scratch (ignored with init)
-    epochs: int = 6  # pre-training passes over the pairs (BLIP: 20 over 14M-129M pairs)
-    batch_size: int = 64  # pairs per step; ITC/ITM negatives come from the batch (BLIP: 2880)
-    lr: float = 5e-4  # AdamW peak lr from scratch (BLIP: 3e-4 ViT-B; small models take more)
+    size: str = "mini"  # tiny.PRESETS entry for models built from scratch (ignored with init)
+    epochs: int = 15  # pre-training passes over the pairs (BLIP: 20 over 14M-129M pairs)
+    batch_size: int = 16  # pairs per step; ITC/ITM negatives come from the batch (BLIP: 2880)
+    lr: float = 1e-3  # AdamW peak lr from scratch (BLIP: 3e-4 ViT-B; small models take more)
     weight_decay: float = 0.05  # AdamW weight decay (BLIP: 0.05)
     warmup: int = 30  # linear warm-up steps, then cosine decay to 0 (BLIP: warm-up + cosine)
     label_smoothing: float = 0.1  # LM cross-entropy label smoothing (BLIP: 0.1)
-    itm_hard_negatives: bool = True  # ITM negatives drawn by ITC similarity (BLIP) vs uniform
+    itm_hard_negatives: bool = False  # ITM negatives drawn by ITC similarity (BLIP) vs uniform
     temperature: float = 0.07  # ITC temperature at the start, then learnt (BLIP: init 0.07)
-    finetune_epochs: int = 10  # passes over the clean set in fine-tuning (BLIP COCO: 5-6)
-    finetune_lr: float = 2e-4  # AdamW peak lr in fine-tuning (BLIP: 1e-5 on ViT-B)
+    finetune_epochs: int = 15  # passes over the clean set in fine-tuning (BLIP COCO: 5-6)
+    finetune_lr: float = 5e-4  # AdamW peak lr in fine-tuning (BLIP: 1e-5 on ViT-B)
     seed: int = 0  # model init, batch order and negative sampling
     checkpoint_every: int = 100  # steps between resumable checkpoints (the last step always)
     max_text_tokens: int = 40  # texts truncated to this many tokens incl. [CLS]/[SEP] and prompt

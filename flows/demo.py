@@ -23,7 +23,7 @@ DEMO_CONFIG = {
     "download": {"allow_private_network": True, "timeout": 10},
     "capfilt": {"batch_size": 64, "num_captions": 3, "max_new_tokens": 24},
     "select": {"metadata": "", "scorer": ""},
-    "train": {"epochs": 4, "finetune_epochs": 8},
+    "train": {"size": "mini"},
 }
 
 
