@@ -28,7 +28,7 @@ def throughput():
 
 @pytest.fixture(scope="module")
 def cc3m():
-    return load_script("cc3m_run")
+    return load_script("real_web_run")
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ Not a project test: the data sits beside the project and is absent from a fresh 
 script then says so and exits 0). The data is real junk: HTML error pages saved as .jpg, empty
 captions, WEBP/PNG/GIF, repeated placeholders.
 
-    .venv/bin/python bench/cc3m_run.py                   # fresh run into /tmp/cc3m_run
-    .venv/bin/python bench/cc3m_run.py --resume          # rerun: finished shards are skipped
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/cc3m_run.py   # CPU shared with other work
+    .venv/bin/python bench/real_web_run.py                   # fresh run into /tmp/cc3m_run
+    .venv/bin/python bench/real_web_run.py --resume          # rerun: finished shards are skipped
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/real_web_run.py   # CPU shared with other work
 
 (On 2 busy cores, torch's default spinning OpenMP threads made the tiny models' CapFilt 5-20x
 slower: 1114 s for the run, against 156 s with one intra-op thread; see capfilt_throughput.py.)
