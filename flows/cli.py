@@ -42,24 +42,8 @@ def run_config(args) -> config_mod.RunConfig:
     return cfg
 
 
-def cmd_run(args) -> int:
-    from curation import models
-
-    cfg = run_config(args)
-    caption_col = args.caption_col or None
-    urls.read_url_list(args.urls, args.url_col, caption_col)  # fail now, not in a task
-    models.check_model_source(cfg.capfilt.captioner)
-    models.check_model_source(cfg.capfilt.filter)
-    select.check_sources(cfg.select)
-    _quiet()
-    from flows.curate import curate
-
-    curate(args.urls, args.out, args.url_col, caption_col, cfg.to_dict())
-    print(stats.report(args.out))
-    return 0
-
-
-def cmd_schedule(args) -> int:
+def checked_run_config(args) -> tuple[config_mod.RunConfig, str | None]:
+    """The run's configuration and caption column, every input checked now, not in a task."""
     from curation import models
 
     cfg = run_config(args)
@@ -69,6 +53,20 @@ def cmd_schedule(args) -> int:
     models.check_model_source(cfg.capfilt.filter)
     select.check_sources(cfg.select)
     _quiet()
+    return cfg, caption_col
+
+
+def cmd_run(args) -> int:
+    cfg, caption_col = checked_run_config(args)
+    from flows.curate import curate
+
+    curate(args.urls, args.out, args.url_col, caption_col, cfg.to_dict())
+    print(stats.report(args.out))
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    cfg, caption_col = checked_run_config(args)
     from flows.schedule import serve
 
     parameters = {
