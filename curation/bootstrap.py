@@ -111,7 +111,7 @@ def summary_table(metrics: dict) -> str:
     for key, label in [("i2t_r1", "i2t recall@1"), ("t2i_r1", "t2i recall@1"),
                        ("i2t_r5", "i2t recall@5"), ("t2i_r5", "t2i recall@5"),
                        ("cider", "CIDEr"), ("bleu4", "BLEU-4"),
-                       ("caption_true", "captions true (%)")]:  # fmt: skip
+                       ("caption_true", "captions true (share)")]:  # fmt: skip
         values = [metrics["models"][r].get(key) for r in rounds]
         lines.append(f"{label:<23}" + "".join(_cell(v) for v in values))
     for name, found in sorted(metrics["capfilt"].items()):
