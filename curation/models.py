@@ -144,12 +144,10 @@ def _plain(value):
     return value
 
 
-@dataclass
-class _Loaded:
-    """A BLIP model in eval mode on its device/dtype, with the processor it was saved with."""
+class OnDevice:
+    """Where the wrapped `self.model` lives (shared by the CapFilt models and the scorers)."""
 
     model: torch.nn.Module
-    processor: BlipProcessor
 
     @property
     def device(self) -> torch.device:
@@ -158,6 +156,14 @@ class _Loaded:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+
+@dataclass
+class _Loaded(OnDevice):
+    """A BLIP model in eval mode on its device/dtype, with the processor it was saved with."""
+
+    model: torch.nn.Module
+    processor: BlipProcessor
 
     def to_device(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Move CPU float32 pixel_values to the model's device and dtype."""

@@ -36,7 +36,7 @@ DEFAULT_BATCH_SIZE = 64  # pairs per forward pass
 
 
 @dataclass
-class Scorer:
+class Scorer(models.OnDevice):
     """A contrastive image-text model in eval mode: one cosine similarity per (image, text) pair.
 
     Subclasses give the normalised image and text embeddings; ``score`` pairs them up.
@@ -45,14 +45,6 @@ class Scorer:
     model: torch.nn.Module
     processor: object  # CLIPProcessor | BlipProcessor: an image processor and a tokenizer
     max_text_tokens: int  # texts are truncated to this many tokens (with the special ones)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     @property
     def image_size(self) -> int:
