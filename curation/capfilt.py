@@ -80,9 +80,10 @@ def batches(images: list[bytes], captioner: Captioner, filt: Filter, cfg: CapFil
             yield pending.popleft().result()
 
 
-def batch_seed(seed: int, sample_ids: list[int]) -> int:
-    """Sampling seed from the run seed and the batch's samples, not from its position."""
-    digest = hashlib.blake2b(repr((seed, sample_ids)).encode(), digest_size=8).digest()
+def image_seed(seed: int, sample_id: int) -> int:
+    """An image's caption-sampling seed: the run seed and the sample alone, so its captions do
+    not depend on the batch, shard or worker it lands in."""
+    digest = hashlib.blake2b(repr((seed, sample_id)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF
 
 
@@ -115,7 +116,7 @@ class ShardResult:
 
 
 def _score_batch(batch: Batch, texts_in: list, captioner, filt, cfg, sample_ids) -> list:
-    seed = batch_seed(cfg.seed, sample_ids)
+    seeds = [image_seed(cfg.seed, i) for i in sample_ids]
     captions = (
         captioner.generate(
             batch.captioner_pixels,
@@ -124,7 +125,7 @@ def _score_batch(batch: Batch, texts_in: list, captioner, filt, cfg, sample_ids)
             cfg.top_p,
             cfg.min_new_tokens,
             cfg.max_new_tokens,
-            seed,
+            seeds,
         )
         if cfg.num_captions
         else [[] for _ in batch.rows]

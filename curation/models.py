@@ -13,9 +13,9 @@ local Hugging Face cache) or from a folder written by `save_pretrained`. Inputs 
 a no-op when the caller already did so, e.g. from pinned memory).
 """
 
+import hashlib
 import os
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,9 @@ from transformers import (
     BlipForConditionalGeneration,
     BlipForImageTextRetrieval,
     BlipProcessor,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TopPLogitsWarper,
 )
 from transformers.utils import logging as transformers_logging
 
@@ -191,35 +194,46 @@ class Captioner(_Loaded):
         top_p: float = 0.9,
         min_new_tokens: int = 5,
         max_new_tokens: int = 30,
-        seed: int = 0,
+        seed: int | list[int] = 0,
         repetition_penalty: float = 1.1,
     ) -> list[list[str]]:
         """`num_captions` nucleus-sampled captions per image, prompt removed.
 
         Sampling follows BLIP's `generate(sample=True)`: top_k off, top_p 0.9, repetition
-        penalty 1.1, decoding from "[DEC] a picture of". The same seed and the same batch give
-        the same captions; the global torch RNG is left as it was.
+        penalty 1.1, decoding from "[DEC] a picture of". `seed` is one seed per image (an int:
+        the same for all): an image's captions depend on its seed alone, not on the other
+        images in the batch (`PerRowSampler`). The global torch RNG is not touched.
         """
         pixel_values = self.to_device(pixel_values)  # no-op when already there
         num_images = pixel_values.shape[0]
         if num_captions <= 0 or num_images == 0:
             return [[] for _ in range(num_images)]
+        seeds = [seed] * num_images if isinstance(seed, int) else list(seed)
         prompt_ids = self.tokenize([prompt], max_tokens=64)["input_ids"]  # (1, P): [CLS] .. [SEP]
-        input_ids = prompt_ids.repeat(num_images, 1)  # (B, P); generate sets [CLS]->[DEC]
-        with torch.inference_mode(), _seeded(seed, self.device):
-            sequences = self.model.generate(
-                pixel_values=pixel_values,
+        rows = num_images * num_captions  # image-major: image i's captions are rows i*K..i*K+K-1
+        keys = [(s, k) for s in seeds for k in range(num_captions)]
+        sampler = PerRowSampler(keys, top_p, self.device)
+        text = self.model.config.text_config
+        input_ids = prompt_ids.repeat(rows, 1)[:, :-1]  # drop [SEP]: the prompt is continued
+        input_ids[:, 0] = text.bos_token_id  # [CLS] -> [DEC], as BlipForConditionalGeneration
+        with torch.inference_mode():
+            image_embeds = self.model.vision_model(pixel_values=pixel_values)[0]
+            image_embeds = image_embeds.repeat_interleave(num_captions, dim=0)  # (rows, N, D)
+            sequences = self.model.text_decoder.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                do_sample=True,
-                num_beams=1,
-                top_k=0,
-                top_p=top_p,
+                encoder_hidden_states=image_embeds,
+                encoder_attention_mask=torch.ones(
+                    image_embeds.shape[:-1], dtype=torch.long, device=self.device
+                ),
+                eos_token_id=text.sep_token_id,
+                pad_token_id=text.pad_token_id,
+                do_sample=False,  # PerRowSampler draws; greedy decoding then takes its pick
                 repetition_penalty=repetition_penalty,
                 min_new_tokens=min_new_tokens,
                 max_new_tokens=max_new_tokens,
-                num_return_sequences=num_captions,
-            )  # (B * num_captions, P - 1 + new), image-major
+                logits_processor=LogitsProcessorList([sampler]),
+            )  # (rows, P - 1 + new)
         texts = self._strip_prompt(sequences, prompt_ids)
         return [texts[i * num_captions : (i + 1) * num_captions] for i in range(num_images)]
 
@@ -236,15 +250,40 @@ class Captioner(_Loaded):
         return captions
 
 
-@contextmanager
-def _seeded(seed: int, device: torch.device):
-    """Seed torch's CPU (and the model's CUDA) RNG inside the block, restore it afterwards."""
-    devices = []
-    if device.type == "cuda":
-        devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)  # also seeds every CUDA device
-        yield
+class PerRowSampler(LogitsProcessor):
+    """Nucleus sampling with one random stream per generated row, via the Gumbel-max trick.
+
+    HF's sampler draws the whole batch from one generator, so a caption would depend on which
+    other images share its batch (and so on shard size and worker). Here row r draws from its
+    own generator seeded by `keys[r]` (image seed, caption index): top-p keeps the nucleus,
+    Gumbel noise from that generator is added, and greedy decoding's argmax is then an exact
+    sample from the renormalised nucleus. Runs after HF's repetition and length processors.
+    """
+
+    def __init__(
+        self, keys: list[tuple[int, int]], top_p: float, device: torch.device | str = "cpu"
+    ):
+        self.top_p = TopPLogitsWarper(top_p=top_p) if top_p < 1.0 else None
+        # On the model's device: a CPU draw per step and row would stall a GPU. CUDA and CPU
+        # generators give different streams; captions are reproducible per device type.
+        self.generators = [
+            torch.Generator(device).manual_seed(_row_seed(seed, k)) for seed, k in keys
+        ]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.top_p is not None:
+            scores = self.top_p(input_ids, scores)
+        vocab, device = scores.shape[1], scores.device
+        noise = torch.stack(
+            [torch.rand(vocab, generator=g, device=device) for g in self.generators]
+        )
+        gumbel = -torch.log(-torch.log(noise.clamp_min(1e-20)))
+        return scores.float() + gumbel
+
+
+def _row_seed(seed: int, caption_index: int) -> int:
+    digest = hashlib.blake2b(repr((seed, caption_index)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 @dataclass

@@ -100,6 +100,29 @@ def test_generate_shape_prompt_and_determinism(captioner):
     assert captioner.generate(pv, num_captions=0) == [[], []]
 
 
+def test_an_images_captions_do_not_depend_on_its_batch(captioner):
+    pv = pixels(captioner, 4)
+    kwargs = dict(num_captions=2, max_new_tokens=8, min_new_tokens=3)
+    together = captioner.generate(pv, seed=[11, 12, 13, 14], **kwargs)
+    alone = [captioner.generate(pv[i : i + 1], seed=[11 + i], **kwargs)[0] for i in range(4)]
+    reordered = captioner.generate(pv[[2, 0]], seed=[13, 11], **kwargs)
+    assert together == alone
+    assert reordered == [together[2], together[0]]
+    assert len({tuple(c) for c in together}) > 1  # the seeds matter
+
+
+def test_per_row_sampler_draws_from_the_nucleus():
+    """Gumbel-max over top-p-filtered logits: frequencies follow the renormalised nucleus."""
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    picks = torch.zeros(4)
+    for seed in range(4000):
+        sampler = models.PerRowSampler([(seed, 0)], top_p=0.9)
+        picks[sampler(torch.zeros(1, 1, dtype=torch.long), logits.clone()).argmax()] += 1
+    assert picks[3] == 0  # outside the 0.9 nucleus
+    expected = torch.tensor([0.5, 0.3, 0.15]) / 0.95
+    assert torch.allclose(picks[:3] / 4000, expected, atol=0.03)
+
+
 @pytest.fixture(scope="module")
 def perturbed(checkpoints) -> models.Filter:
     """A filter with larger random weights, so pair scores differ enough for comparisons to bite."""

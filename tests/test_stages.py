@@ -75,10 +75,10 @@ def test_empty_web_text_is_not_a_candidate():
     assert capfilt.candidate_texts(" dog ", []) == [("dog", "web")]
 
 
-def test_batch_seed_depends_on_samples_not_position():
-    assert capfilt.batch_seed(0, [1, 2]) == capfilt.batch_seed(0, [1, 2])
-    assert capfilt.batch_seed(0, [1, 2]) != capfilt.batch_seed(0, [3, 4])
-    assert capfilt.batch_seed(0, [1, 2]) != capfilt.batch_seed(1, [1, 2])
+def test_image_seed_depends_on_run_seed_and_sample_only():
+    assert capfilt.image_seed(0, 1) == capfilt.image_seed(0, 1)
+    assert capfilt.image_seed(0, 1) != capfilt.image_seed(0, 2)
+    assert capfilt.image_seed(0, 1) != capfilt.image_seed(1, 1)
 
 
 def test_url_list_formats_and_errors(tmp_path):
