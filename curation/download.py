@@ -10,13 +10,14 @@ neither of which belongs in the orchestrator's process.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,9 +27,17 @@ from curation import safe_fetch, schema
 from curation.config import DownloadConfig
 
 GUARD_DIR = Path(__file__).resolve().parent / "_fetchguard"
-_IMG2DATASET = (
-    "import json, sys; from img2dataset import download; download(**json.loads(sys.argv[1]))"
-)
+# The child dies with its parent (Linux prctl PR_SET_PDEATHSIG): a killed run must not leave a
+# downloader running on; the rerun downloads the shard again.
+_IMG2DATASET = """
+import ctypes, json, os, signal, sys
+if sys.platform == "linux":
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[2]):  # the parent died before prctl took effect
+        sys.exit(1)
+from img2dataset import download
+download(**json.loads(sys.argv[1]))
+"""
 
 
 @lru_cache(maxsize=4096)
@@ -36,8 +45,15 @@ def _resolve(host: str) -> tuple[str, ...]:
     return tuple(sorted({info[4][0] for info in socket.getaddrinfo(host, None)}))
 
 
+# What http.client refuses inside a URL: whitespace and control characters (the ends are stripped).
+_UNSAFE_CHARS = re.compile(r"[\x00-\x20\x7f]")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
 def check_url(url: str | None, allow_private_network: bool) -> tuple[str, str] | None:
     """None when the URL may be fetched, else (reason, detail) for the rejects table."""
+    if url and _UNSAFE_CHARS.search(url.strip()):
+        return "invalid_url", f"whitespace or control character inside the URL {url!r:.200}"
     try:
         parts = urlsplit(url or "")
         host = parts.hostname
@@ -89,7 +105,10 @@ def _run_img2dataset(urls: pa.Table, work: Path, cfg: DownloadConfig) -> pa.Tabl
     env = _guarded_env(cfg)
     with open(work / "img2dataset.log", "w") as log:
         done = subprocess.run(
-            [sys.executable, "-c", _IMG2DATASET, json.dumps(args)], stdout=log, stderr=log, env=env
+            [sys.executable, "-c", _IMG2DATASET, json.dumps(args), str(os.getpid())],
+            stdout=log,
+            stderr=log,
+            env=env,
         )
     if done.returncode != 0:
         tail = (work / "img2dataset.log").read_text()[-2000:]
@@ -141,12 +160,28 @@ def _raw_rows(table: pa.Table, fetched: pa.Table | None, refused: dict) -> pa.Ta
     return pa.table({**{n: table[n] for n in table.column_names}, **extra})
 
 
+def fetchable(url: str) -> str:
+    """`url` as a browser sends it: non-ASCII characters of the path and query percent-encoded
+    as UTF-8 (RFC 3987), which urllib does not do. A non-ASCII host is left to http.client,
+    which IDNA-encodes it."""
+    if url.isascii():
+        return url
+    parts = urlsplit(url.strip())
+    path, query = (_NON_ASCII.sub(lambda run: quote(run.group()), p) for p in parts[2:4])
+    return urlunsplit(parts._replace(path=path, query=query))
+
+
 def download_shard(table: pa.Table, cfg: DownloadConfig) -> pa.Table:
-    """Download one input shard (`schema.INPUT`) and return `schema.RAW`, one row per input."""
+    """Download one input shard (`schema.INPUT`) and return `schema.RAW`, one row per input.
+
+    The rows keep their URL as given; img2dataset gets its `fetchable` form.
+    """
     refused = _refusals(table, cfg.allow_private_network)
     allowed = table.filter(
         pc.invert(pc.is_in(table["sample_id"], pa.array(list(refused), pa.int64())))
     )
+    urls = pa.array([fetchable(u) for u in allowed["url"].to_pylist()], pa.string())
+    allowed = allowed.set_column(allowed.schema.get_field_index("url"), "url", urls)
     fetched = None
     if len(allowed):
         with tempfile.TemporaryDirectory(prefix="curate-dl-") as work:

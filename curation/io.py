@@ -29,6 +29,18 @@ def write_json(data: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def remove_partial_files(run_dir: Path) -> int:
+    """Delete temporary files a killed writer left behind; returns how many.
+
+    Call only while nothing writes to `run_dir` (at the start of a run): a live writer's
+    temporary file looks the same.
+    """
+    partial = list(Path(run_dir).rglob(".*.tmp-*"))
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return len(partial)
+
+
 def marker_path(run_dir: Path, stage: str, shard: int) -> Path:
     return Path(run_dir) / "_done" / stage / f"{shard_name(shard)}.json"
 

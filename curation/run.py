@@ -16,6 +16,7 @@ Layout of RUN_DIR (deterministic paths, so a rerun finds what is done):
 
 import hashlib
 import json
+import os
 import time
 from collections import Counter
 from functools import lru_cache
@@ -46,6 +47,7 @@ def prepare(
     fingerprint = _fingerprint(urls_path, url_col, caption_col, cfg)
     run_file = run_dir / "run.json"
     if run_file.exists():
+        io.remove_partial_files(run_dir)  # a killed run's half-written files
         known = json.loads(run_file.read_text())
         if known["fingerprint"] != fingerprint:
             raise RunDirError(
@@ -113,6 +115,9 @@ def capfilt_step(run_dir: Path, shard: int, cfg: RunConfig, progress=None) -> di
         "rows": len(raw), "passed": len(passed),
         "rejects": dict(Counter(rejects["reason"].to_pylist())),
         "images": result.images, "seconds": result.seconds, "model_seconds": result.model_seconds,
+        # which process ran it and how many model loads that process has done so far: one per
+        # process, however many shards it runs (checked on Dask workers in test_scaleout.py)
+        "pid": os.getpid(), "model_loads": load_models.cache_info().misses,
     }  # fmt: skip
     io.write_marker(run_dir, "capfilt", shard, summary)
     return summary

@@ -1,0 +1,129 @@
+"""SIGKILL a real `curate run` at several points, rerun it, and get an uninterrupted run's output.
+
+The run is a child process killed with its whole process group (as when a machine dies): during
+download, during CapFilt, during the global selection plan and while curated shards are written.
+Each kill fires when the run directory shows that phase under way; after each one the same
+command is run again, and the last rerun must produce exactly what a run never killed produces.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curation import synthetic
+from curation.webserver import Server, routes_from_dir
+from flows import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = """
+[sharding]
+shard_size = 8
+[download]
+timeout = 5
+[capfilt]
+itm_threshold = 0.4
+num_captions = 2
+batch_size = 4
+max_new_tokens = 6
+min_new_tokens = 2
+[select]
+metadata = "{metadata}"
+scorer = ""
+t = 2
+"""
+
+
+def shards_done(run_dir: Path, step: str) -> int:
+    return len(list((run_dir / "_done" / step).glob("*.json")))
+
+
+def plan_under_way(run_dir: Path, shards: int) -> bool:
+    return shards_done(run_dir, "annotate") == shards and not (run_dir / "selection.json").exists()
+
+
+# (phase, condition on RUN_DIR that says the phase is under way), in the order a run meets them
+KILL_POINTS = [
+    ("download", lambda d, n: shards_done(d, "download") >= 1),
+    ("capfilt", lambda d, n: (d / "capfilt" / "00001.parquet").exists()),
+    ("global selection", plan_under_way),
+    ("shard writing", lambda d, n: any((d / "shards").glob("*.parquet"))),
+]
+
+
+@pytest.fixture(scope="module")
+def world_run(tmp_path_factory, tiny_models, prefect_harness):
+    """A small synthetic web served over loopback, its URL list and the `curate run` argv."""
+    root = tmp_path_factory.mktemp("crash")
+    world = synthetic.write_world(root / "world", n_web=40, n_eval=4, image_size=(32, 40))
+    server = Server(routes_from_dir(world.images, prefix="/images"))
+    pq.write_table(synthetic.url_list(world.root, server.base_url), root / "urls.parquet")
+    (root / "cfg.toml").write_text(CONFIG.format(metadata=world.concepts))
+    captioner, filt = tiny_models
+
+    def argv(out: Path) -> list[str]:
+        return ["run", "--urls", str(root / "urls.parquet"), "--out", str(out),
+                "--config", str(root / "cfg.toml"), "--captioner", str(captioner),
+                "--filter", str(filt), "--allow-private-network"]  # fmt: skip
+
+    yield root, argv
+    server.close()
+
+
+def run_until(argv: list[str], run_dir: Path, condition, shards: int) -> int:
+    """Start `curate run` in its own process group; SIGKILL the group once `condition` holds."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the harness's server
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *argv], cwd=ROOT, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    while child.poll() is None:
+        if condition(run_dir, shards):
+            os.killpg(child.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    return child.wait()
+
+
+def contents(run_dir: Path) -> dict[str, pa.Table]:
+    """Every data file of a run (what a user reads), by path; markers and timings excluded."""
+    kinds = ("raw", "capfilt", "annotations", "decisions", "shards", "rejects")
+    return {
+        str(path.relative_to(run_dir)): pq.read_table(path)
+        for kind in kinds
+        for path in sorted((run_dir / kind).glob("*"))
+    }
+
+
+def test_a_run_killed_at_every_phase_resumes_to_the_uninterrupted_output(world_run):
+    root, argv = world_run
+    reference = root / "reference"
+    assert cli.main(argv(reference)) == 0
+    shards = len(list((reference / "input").glob("*.parquet")))
+    assert shards == 5
+
+    resumed = root / "resumed"
+    for phase, condition in KILL_POINTS:
+        code = run_until(argv(resumed), resumed, condition, shards)
+        assert code == -signal.SIGKILL, f"the run ended ({code}) before the {phase} kill point"
+    assert run_until(argv(resumed), resumed, lambda d, n: False, shards) == 0
+
+    expected, got = contents(reference), contents(resumed)
+    assert got.keys() == expected.keys()
+    for path, table in expected.items():
+        assert got[path].equals(table), f"{path} differs from the uninterrupted run"
+    assert not list(resumed.rglob(".*.tmp-*")), "a partial file was left behind"
+
+    curated = pa.concat_tables(t for p, t in got.items() if p.startswith("shards/"))
+    rejects = pa.concat_tables(t for p, t in got.items() if p.startswith("rejects/"))
+    ids = curated["sample_id"].to_pylist() + rejects["sample_id"].to_pylist()
+    assert sorted(ids) == list(range(40))  # every input once: no duplicates, nothing lost
+    assert len(curated) > 0 and len(rejects) > 0  # both outcomes exercised
