@@ -579,6 +579,8 @@ def run_job(job: _Job, ctx: _Context) -> dict:
         module.to(ctx.device).train()
     optimizer = torch.optim.AdamW(job.parameters(), lr=job.lr, weight_decay=cfg.weight_decay)
     root = ctx.out / "checkpoints" / job.name
+    for partial in root.glob(".step_*.tmp-*"):  # a killed run's half-written checkpoint
+        shutil.rmtree(partial, ignore_errors=True)
     progress = load_checkpoint(root, job, optimizer, ctx.fingerprint)
     progress = progress or {"step": 0, "log": [], "acc": _new_acc()}
     started, trained = time.perf_counter(), 0

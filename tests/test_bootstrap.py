@@ -1,0 +1,147 @@
+"""`curate bootstrap` end to end on a tiny synthetic world, uninterrupted and SIGKILLed.
+
+The killed run is stopped inside round 0's pre-training (after a checkpoint), between steps
+(after the CapFilt pass, before the next pre-training) and inside round 1's pre-training; the
+reruns must end with the uninterrupted run's metrics and weights.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from safetensors.torch import load_file
+
+from curation import synthetic
+from curation.webserver import Server, routes_from_dir
+from flows import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = """
+[sharding]
+shard_size = 20
+[download]
+timeout = 5
+[capfilt]
+itm_threshold = 0.0
+num_captions = 1
+batch_size = 8
+max_new_tokens = 6
+min_new_tokens = 2
+[select]
+metadata = ""
+scorer = ""
+[train]
+size = "tiny"
+epochs = 2
+batch_size = 8
+warmup = 2
+finetune_epochs = 2
+checkpoint_every = 3
+"""
+METRICS = {"i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "bleu4", "cider", "caption_true"}
+
+
+def checkpointed(job_dir: str):
+    """Kill condition: a resumable checkpoint of `job_dir`'s pre-training exists."""
+    return lambda out: any((out / job_dir / "checkpoints" / "pretrain").glob("step_*"))
+
+
+# (where, condition on RUN_DIR), in the order a run meets them
+KILL_POINTS = [
+    ("inside round 0 pre-training", checkpointed("round0/model")),
+    (
+        "between CapFilt and pre-training",
+        lambda out: (out / "round1/capfilt/manifest.json").exists(),
+    ),
+    ("inside round 1 pre-training", checkpointed("round1/model")),
+]
+
+
+@pytest.fixture(scope="module")
+def world_loop(tmp_path_factory, tiny_models, prefect_harness):
+    root = tmp_path_factory.mktemp("loop")
+    world = synthetic.write_world(root / "world", n_web=48, clean_frac=0.25, n_eval=8,
+                                  image_size=(32, 40))  # fmt: skip
+    server = Server(routes_from_dir(world.images, prefix="/images"))
+    pq.write_table(synthetic.url_list(world.root, server.base_url), root / "urls.parquet")
+    (root / "cfg.toml").write_text(CONFIG)
+
+    def argv(out: Path) -> list[str]:
+        return ["bootstrap", "--urls", str(root / "urls.parquet"), "--clean", str(world.clean),
+                "--eval", str(world.eval), "--out", str(out), "--config", str(root / "cfg.toml"),
+                "--truth", str(world.truth), "--eval-truth", str(world.eval_truth),
+                "--allow-private-network"]  # fmt: skip
+
+    reference = root / "reference"
+    assert cli.main(argv(reference)) == 0
+    yield root, argv, reference
+    server.close()
+
+
+def test_bootstrap_writes_a_complete_metrics_file(world_loop):
+    _, _, out = world_loop
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"round0", "round1"}
+    for found in metrics["models"].values():
+        assert METRICS <= set(found)
+        assert all(0.0 <= found[k] <= 100.0 for k in ("i2t_r1", "t2i_r1", "i2t_r5", "t2i_r5"))
+    capfilt = metrics["capfilt"]["round1"]
+    assert {"web_rejected_pct", "synthetic_rejected_pct", "raw_noise_pct", "curated_noise_pct",
+            "synthetic_true_pct"} <= set(capfilt)  # fmt: skip
+    for model in ("round0/model", "round1/finetuned", "round1/model"):
+        for part in ("captioner", "filter", "scorer"):
+            assert (out / model / part / "model.safetensors").is_file()
+
+
+def run_until(argv: list[str], out: Path, condition) -> int:
+    """`curate bootstrap` in its own process group, SIGKILLed once `condition(out)` holds."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the harness's server
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *argv], cwd=ROOT, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    while child.poll() is None:
+        if condition(out):
+            os.killpg(child.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    return child.wait()
+
+
+def without_timings(metrics_file: Path) -> dict:
+    metrics = json.loads(metrics_file.read_text())
+    for found in metrics["models"].values():
+        found.pop("seconds")
+    return metrics
+
+
+def weights(model_dir: Path) -> dict:
+    return {
+        f"{part}/{key}": value
+        for part in ("captioner", "filter", "scorer")
+        for key, value in load_file(str(model_dir / part / "model.safetensors")).items()
+    }
+
+
+def test_a_killed_bootstrap_resumes_to_the_uninterrupted_result(world_loop):
+    root, argv, reference = world_loop
+    out = root / "killed"
+    for where, condition in KILL_POINTS:
+        code = run_until(argv(out), out, condition)
+        assert code == -signal.SIGKILL, f"the run ended ({code}) before the kill {where}"
+    assert run_until(argv(out), out, lambda _: False) == 0
+
+    got, expected = (without_timings(d / "metrics.json") for d in (out, reference))
+    assert got == expected
+    for model in ("round0/model", "round1/model"):
+        a, b = weights(out / model), weights(reference / model)
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), model
+    assert not list(out.rglob(".*.tmp-*")), "a partial file was left behind"
