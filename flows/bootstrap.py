@@ -13,9 +13,10 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from curation import ablate as ablations
 from curation import bootstrap as loop
 from curation import evaluate as evaluation
-from curation import io, run, train
+from curation import io, run, select, train
 from curation.config import from_dict
 from flows.curate import curate
 
@@ -65,17 +66,60 @@ def capfilt_metrics(web: str, capfilt_run: str, truth: str | None) -> dict:
     return found
 
 
-def _capfilt_pass(urls, out: Path, r: int, url_col, caption_col, config: dict) -> str:
-    """CapFilt over the (already downloaded) web with round r's fine-tuned models."""
-    dirs = loop.layout(out, r)
+def _capfilt_pass(
+    urls, out: Path, r: int, url_col, caption_col, config: dict, run_dir: Path | None = None
+) -> str:
+    """CapFilt over the (already downloaded) web with round r's fine-tuned models, into
+    `run_dir` (default: the round's capfilt folder)."""
+    finetuned = loop.layout(out, r)["finetuned"]
+    run_dir = run_dir or loop.layout(out, r)["capfilt"]
     capfilt = dict(config.get("capfilt", {}))
-    capfilt |= {"captioner": str(dirs["finetuned"] / "captioner"),
-                "filter": str(dirs["finetuned"] / "filter")}  # fmt: skip
+    capfilt |= {"captioner": str(finetuned / "captioner"), "filter": str(finetuned / "filter")}
     config = {**config, "capfilt": capfilt}
-    run.prepare(dirs["capfilt"], Path(urls), url_col, caption_col, from_dict(config))
-    loop.link_downloads(out / "web", dirs["capfilt"])
-    curate(urls, str(dirs["capfilt"]), url_col, caption_col, config)
-    return str(dirs["capfilt"])
+    run.prepare(run_dir, Path(urls), url_col, caption_col, from_dict(config))
+    loop.link_downloads(out / "web", run_dir)
+    curate(urls, str(run_dir), url_col, caption_col, config)
+    return str(run_dir)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="tail-recall-{model}")
+def tail_recall(model: str, eval_set: str, metadata: str, web: str) -> dict:
+    matcher = select.load_matcher(select.SelectConfig(metadata=metadata))
+    texts = evaluation.load_eval_set(eval_set).texts
+    tail = ablations.tail_concepts(matcher, ablations.web_texts(Path(web)), texts)
+    return ablations.tail_recall(Path(model), Path(eval_set), matcher, tail)
+
+
+def _ablation(
+    urls, out: Path, url_col, caption_col, config: dict, eval_set: str, eval_truth: str | None
+) -> list[dict]:
+    """One model per data variant (curation.ablate), trained on the same example budget."""
+    cfg = from_dict(config)
+    base_pairs = len(train.pairs_from_raw(out / "web"))
+    scorer = str(loop.layout(out, 1)["finetuned"] / "scorer")
+    rows = []  # a list: JSON objects are written with sorted keys, rows keep their order
+    for name, overrides in ablations.variants(cfg.select.metadata, scorer):
+        found = {"pairs": base_pairs, "epochs": cfg.train.epochs}
+        model = loop.layout(out, 0)["model"]
+        if overrides is not None:
+            folder = out / "ablate" / ablations.slug(name)
+            variant = ablations.with_overrides(config, overrides)
+            run_dir = _capfilt_pass(urls, out, 1, url_col, caption_col, variant, folder / "run")
+            pairs = len(train.pairs_from_curated(run_dir))
+            epochs = ablations.budget_epochs(cfg.train.epochs, base_pairs, pairs)
+            found = {"pairs": pairs, "epochs": epochs, "gini": ablations.concept_gini(run_dir)}
+            model = folder / "model"
+            if pairs:
+                budget = ablations.with_overrides(config, {"train": {"epochs": epochs}})
+                pretrain(run_dir, True, str(model), budget)
+        if found["pairs"]:
+            scores = evaluate(str(model), eval_set, eval_truth)
+            found |= {k: v for k, v in scores.items() if k != "samples"}
+            found |= tail_recall(str(model), eval_set, cfg.select.metadata, str(out / "web"))
+        rows.append({"data": name, **found})
+        io.write_json({"rows": rows}, out / "ablation.json")
+    (out / "ablation.md").write_text(ablations.table(rows) + "\n")
+    return rows
 
 
 @flow(name="bootstrap")
@@ -90,11 +134,14 @@ def bootstrap(
     config: dict | None = None,
     truth: str | None = None,
     eval_truth: str | None = None,
+    ablate: bool = False,
 ) -> dict:
     """Run `rounds` rounds of BLIP's loop under `out`; returns (and writes) metrics.json.
 
     `truth` (the synthetic world's truth.parquet) adds noise and filter numbers to each CapFilt
     pass; `eval_truth` (its eval_truth.parquet) adds the share of true generated captions.
+    `ablate` adds RUN_DIR/ablation.json and ablation.md: one model per data variant
+    (curation.ablate), with round 1's fine-tuned models; it needs `eval_set` and a concept list.
     """
     out_dir, config = Path(out), config or {}
     download_web(urls, str(out_dir / "web"), url_col, caption_col, config)
@@ -115,5 +162,8 @@ def bootstrap(
         io.write_json(metrics, out_dir / "metrics.json")
         model = str(dirs["model"])
         pretrain(capfilt_run, True, model, config)
+    if ablate:
+        metrics["ablation"] = _ablation(urls, out_dir, url_col, caption_col, config, eval_set,
+                                        eval_truth)  # fmt: skip
     io.write_json(metrics, out_dir / "metrics.json")
     return metrics

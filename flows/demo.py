@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 
+from curation import ablate as ablations
 from curation import bootstrap as loop
 from curation import synthetic
 from curation.webserver import Server, routes_from_dir
@@ -34,7 +35,7 @@ def _previous_port(urls: Path) -> int:
     return urlsplit(pq.read_table(urls, columns=["url"])["url"][0].as_py()).port or 0
 
 
-def demo(out: str | Path) -> int:
+def demo(out: str | Path, ablate: bool = False) -> int:
     out = Path(out)
     print(f"[demo] drawing a synthetic web of {DEMO_WORLD['n_web']} images in {out}/world",
           file=sys.stderr)  # fmt: skip
@@ -43,10 +44,16 @@ def demo(out: str | Path) -> int:
     server = Server(routes_from_dir(world.images, prefix="/images"), port=_previous_port(urls))
     try:
         pq.write_table(synthetic.url_list(world.root, server.base_url), urls)
-        metrics = bootstrap(str(urls), str(world.clean), str(out / "run"), eval_set=str(world.eval),
-                            rounds=1, config=DEMO_CONFIG, truth=str(world.truth),
-                            eval_truth=str(world.eval_truth))  # fmt: skip
+        config = DEMO_CONFIG
+        if ablate:  # the balancing rows need the world's concept list
+            config = {**config, "select": {**config["select"], "metadata": str(world.concepts)}}
+        run_dir = out / ("run-ablate" if ablate else "run")  # its config differs: own folder
+        metrics = bootstrap(str(urls), str(world.clean), str(run_dir), eval_set=str(world.eval),
+                            rounds=1, config=config, truth=str(world.truth),
+                            eval_truth=str(world.eval_truth), ablate=ablate)  # fmt: skip
     finally:
         server.close()
     print(loop.summary_table(metrics))
+    if ablate:
+        print("\nablation (same training budget per row):\n" + ablations.table(metrics["ablation"]))
     return 0

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
 
-from curation import synthetic
+from curation import ablate, synthetic
 from curation.webserver import Server, routes_from_dir
 from flows import cli
 
@@ -34,7 +34,7 @@ batch_size = 8
 max_new_tokens = 6
 min_new_tokens = 2
 [select]
-metadata = ""
+metadata = "{metadata}"
 scorer = ""
 [train]
 size = "tiny"
@@ -70,7 +70,7 @@ def world_loop(tmp_path_factory, tiny_models, prefect_harness):
                                   image_size=(32, 40))  # fmt: skip
     server = Server(routes_from_dir(world.images, prefix="/images"))
     pq.write_table(synthetic.url_list(world.root, server.base_url), root / "urls.parquet")
-    (root / "cfg.toml").write_text(CONFIG)
+    (root / "cfg.toml").write_text(CONFIG.format(metadata=world.concepts))
 
     def argv(out: Path) -> list[str]:
         return ["bootstrap", "--urls", str(root / "urls.parquet"), "--clean", str(world.clean),
@@ -140,8 +140,29 @@ def test_a_killed_bootstrap_resumes_to_the_uninterrupted_result(world_loop):
     assert run_until(argv(out), out, lambda _: False) == 0
 
     got, expected = (without_timings(d / "metrics.json") for d in (out, reference))
-    assert got == expected
+    assert got["models"] == expected["models"] and got["capfilt"] == expected["capfilt"]
     for model in ("round0/model", "round1/model"):
         a, b = weights(out / model), weights(reference / model)
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), model
     assert not list(out.rglob(".*.tmp-*")), "a partial file was left behind"
+
+
+def test_ablation_trains_one_model_per_variant_on_the_same_budget(world_loop):
+    _, argv, out = world_loop
+    assert cli.main([*argv(out), "--ablate"]) == 0  # rounds 0 and 1 are done: only the variants
+    found = json.loads((out / "ablation.json").read_text())["rows"]
+    names = [name for name, _ in ablate.variants("concepts", "scorer")]
+    assert [row["data"] for row in found] == names
+    rows = {row["data"]: row for row in found}
+    raw = rows["raw web"]
+    for name, row in rows.items():
+        assert row["pairs"] > 0, name
+        budget = row["epochs"] * row["pairs"]  # examples seen, rounded to whole epochs
+        assert abs(budget - raw["epochs"] * raw["pairs"]) <= row["pairs"] / 2, name
+        assert 0 <= row["tail_i2t_r1"] <= 100 and row["tail_images"] > 0, name
+        assert {"i2t_r1", "t2i_r1", "cider"} <= set(row), name
+    assert rows["+captioner"]["pairs"] > rows["+filter"]["pairs"]  # captions add pairs
+    assert rows["+balancing"]["gini"] is not None and rows["+captioner+filter"].get("gini") is None
+    assert rows["+balancing"]["pairs"] <= rows["+captioner+filter"]["pairs"]
+    table = (out / "ablation.md").read_text().splitlines()
+    assert len(table) == 2 + len(names) and table[2].startswith("| raw web |")
