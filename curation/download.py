@@ -52,8 +52,6 @@ _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 
 def check_url(url: str | None, allow_private_network: bool) -> tuple[str, str] | None:
     """None when the URL may be fetched, else (reason, detail) for the rejects table."""
-    if url and _UNSAFE_CHARS.search(url.strip()):
-        return "invalid_url", f"whitespace or control character inside the URL {url!r:.200}"
     try:
         parts = urlsplit(url or "")
         host = parts.hostname
@@ -62,6 +60,8 @@ def check_url(url: str | None, allow_private_network: bool) -> tuple[str, str] |
         return "invalid_url", f"malformed URL: {err}"
     if parts.scheme not in ("http", "https") or not host:
         return "invalid_url", f"only http(s) URLs with a host are fetched, got {url!r:.200}"
+    if _UNSAFE_CHARS.search(url.strip()):  # urlsplit drops some of them: check the URL itself
+        return "invalid_url", f"whitespace or control character inside the URL {url!r:.200}"
     if allow_private_network:
         return None
     try:

@@ -46,6 +46,8 @@ def decode_image(data: bytes | None, min_side: int, max_pixels: int) -> Decoded:
             return Decoded(None, "image_too_large", f"{width}x{height} pixels (bomb guard)")
         image.load()
         image = ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as err:  # Pillow's own guard, at 2x its pixel limit,
+        return Decoded(None, "image_too_large", str(err)[:300])  # fires before ours in open()
     except Exception as err:  # noqa: BLE001 -- any decoder failure is a property of the bytes
         return Decoded(None, "decode_error", f"{type(err).__name__}: {err}"[:300])
     if min(image.size) < min_side:

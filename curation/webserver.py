@@ -2,25 +2,36 @@
 
 import mimetypes
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
 class Routes(dict):
-    """path -> (status, content type, body); for a 3xx status the body is the Location."""
+    """path -> (status, content type, body[, delay]); for a 3xx status the body is the Location.
+
+    `delay` (seconds, optional) is waited before answering: a route slower than the client's
+    timeout tests timeouts.
+    """
 
 
 def _handler(routes: Routes):
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 -- http.server's naming
-            status, content_type, body = routes.get(self.path, (404, "text/plain", b"not found"))
-            self.send_response(status)
-            if 300 <= status < 400:
-                self.send_header("Location", body.decode())
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            status, content_type, body, *delay = routes.get(
+                self.path, (404, "text/plain", b"not found")
+            )
+            time.sleep(delay[0] if delay else 0)
+            try:
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", body.decode())
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (timeout, body too large): its side is what is tested
 
         def log_message(self, *args):  # keep test output clean
             pass

@@ -1,11 +1,13 @@
 """Shared fixtures: tiny real images, a loopback web, tiny BLIP checkpoints, a Prefect harness."""
 
-import io
 import os
 import socket
 
+import hostile_corpus
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from hostile_corpus import encode, exif_rotated_jpeg  # noqa: F401 -- shared with the tests
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -13,50 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see curation/__init__.py
 
 
-def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def exif_rotated_jpeg() -> bytes:
-    """A 24x12 JPEG whose EXIF says 'rotate 90° clockwise': upright it is 12x24."""
-    exif = Image.Exif()
-    exif[0x0112] = 6  # Orientation
-    return encode(Image.new("RGB", (24, 12), (200, 30, 30)), "JPEG", exif=exif)
-
-
-def hostile_web() -> dict[str, tuple[int, str, bytes]]:
-    """path -> (HTTP status, content type, body) for every case the flow must account for."""
-    rgb = encode(Image.new("RGB", (32, 32), (10, 120, 240)), "JPEG")
-    return {
-        "/good.jpg": (200, "image/jpeg", rgb),
-        "/empty_caption.jpg": (200, "image/jpeg", rgb),
-        "/gray.png": (200, "image/png", encode(Image.new("L", (20, 20), 128), "PNG")),
-        "/cmyk.jpg": (
-            200,
-            "image/jpeg",
-            encode(Image.new("CMYK", (20, 20), (0, 90, 90, 0)), "JPEG"),
-        ),
-        "/alpha.png": (
-            200,
-            "image/png",
-            encode(Image.new("RGBA", (20, 20), (0, 255, 0, 80)), "PNG"),
-        ),
-        "/rotated.jpg": (200, "image/jpeg", exif_rotated_jpeg()),
-        "/pixel.png": (200, "image/png", encode(Image.new("RGB", (1, 1)), "PNG")),
-        "/page.jpg": (200, "image/jpeg", b"<html><body>Not found</body></html>"),
-        "/truncated.jpg": (200, "image/jpeg", rgb[: len(rgb) // 2]),
-        "/redirect.jpg": (302, "text/plain", b"/good.jpg"),
-        "/loop.jpg": (302, "text/plain", b"/loop.jpg"),
-        "/to-ftp.jpg": (302, "text/plain", b"ftp://127.0.0.1/x.jpg"),
-        "/error.jpg": (500, "text/plain", b"internal error"),
-        "/page.html": (200, "text/html", b"<html><body>an article</body></html>"),
-        "/huge.jpg": (200, "image/jpeg", rgb + bytes(HUGE)),
-    }
-
-
-HUGE = 3_000_000  # bytes appended to a JPEG: past the tests' 2 MB max_bytes
+def hostile_web() -> dict[str, tuple]:
+    """path -> (HTTP status, content type, body[, delay]) of every web case of the corpus."""
+    return hostile_corpus.routes()
 
 
 def closed_port() -> int:
@@ -89,3 +50,36 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def hostile_run(tmp_path_factory, web, tiny_models, prefect_harness):
+    """One real `curate run` over every WEB case of the corpus, on the loopback web.
+
+    Returns (run_dir, rows, expected, argv): rows[i] is sample i's URL list row (url, caption,
+    case name), expected[i] its outcome. itm_threshold 0 lets every decodable image through,
+    so each outcome is the input's doing, not the random tiny filter's.
+    """
+    from flows import cli
+
+    root = tmp_path_factory.mktemp("hostile")
+    closed = str(closed_port())
+    rows = [
+        {"url": c.url and c.url.replace("{base}", web.base_url).replace("{closed}", closed),
+         "caption": c.text, "case": c.name}
+        for c in hostile_corpus.WEB
+    ]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows), root / "urls.parquet")
+    (root / "cfg.toml").write_text(
+        "[sharding]\nshard_size = 20\n[capfilt]\nitm_threshold = 0.0\nnum_captions = 2\n"
+        "batch_size = 3\nmax_new_tokens = 6\nmin_new_tokens = 2\n"
+        f"max_image_pixels = {hostile_corpus.MAX_PIXELS}\n"
+        f"[download]\ntimeout = {hostile_corpus.TIMEOUT}\nmax_bytes = {hostile_corpus.MAX_BYTES}\n"
+        '[select]\nmetadata = ""\n'
+    )
+    captioner, filt = tiny_models
+    argv = ["run", "--urls", str(root / "urls.parquet"), "--out", str(root / "run"),
+            "--config", str(root / "cfg.toml"), "--captioner", str(captioner),
+            "--filter", str(filt), "--allow-private-network"]  # fmt: skip
+    assert cli.main(argv) == 0
+    return root / "run", rows, [c.expected for c in hostile_corpus.WEB], argv
