@@ -365,7 +365,15 @@ def _load(cls, id_or_dir: str, device: torch.device, dtype: torch.dtype):
     """from_pretrained with safetensors only (never remote code), eval mode, on device/dtype."""
     source = _resolve(id_or_dir)
     transformers_logging.disable_progress_bar()  # a bar per load would drown the run's progress
-    model = cls.from_pretrained(source, use_safetensors=True, dtype=dtype)
+    model, info = cls.from_pretrained(
+        source, use_safetensors=True, dtype=dtype, output_loading_info=True
+    )
+    if info["missing_keys"]:  # e.g. a captioner given as --filter: its heads would be random
+        missing = sorted(info["missing_keys"])
+        raise ModelSourceError(
+            f"{id_or_dir} is not a {cls.__name__} checkpoint: {len(missing)} weights missing "
+            f"(first: {missing[0]})"
+        )
     return model.to(device=device, dtype=dtype).eval(), BlipProcessor.from_pretrained(source)
 
 

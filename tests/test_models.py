@@ -225,3 +225,11 @@ def test_blip_config_sizes():
     assert config.text_config.encoder_hidden_size == config.vision_config.hidden_size
     with pytest.raises(ValueError, match="unknown model size"):
         tiny.blip_config("huge", vocab_size=500, bos_token_id=5, sep_token_id=3)
+
+
+def test_a_checkpoint_of_the_other_model_is_refused_not_loaded_half_random(checkpoints):
+    captioner_dir, filter_dir = checkpoints
+    with pytest.raises(models.ModelSourceError, match="not a BlipForImageTextRetrieval"):
+        models.load_filter(str(captioner_dir), CPU, torch.float32)
+    with pytest.raises(models.ModelSourceError, match="not a BlipForConditionalGeneration"):
+        models.load_captioner(str(filter_dir), CPU, torch.float32)
