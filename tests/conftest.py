@@ -1,7 +1,12 @@
 """Shared fixtures: tiny real images, a loopback web, tiny BLIP checkpoints, a Prefect harness."""
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import hostile_corpus
 import pyarrow as pa
@@ -9,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from hostile_corpus import encode, exif_rotated_jpeg  # noqa: F401 -- shared with the tests
 
+ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,6 +24,25 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see curation/__init__.py
 def hostile_web() -> dict[str, tuple]:
     """path -> (HTTP status, content type, body[, delay]) of every web case of the corpus."""
     return hostile_corpus.routes()
+
+
+def run_cli_until(argv: list[str], condition) -> int:
+    """`curate ARGV` in a child process group, SIGKILLed (with every child) once `condition()`
+    holds, as when the machine dies; its exit code (-SIGKILL when the kill came first).
+    Needs the Prefect harness: the child talks to the harness's API server."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *argv], cwd=ROOT, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    while child.poll() is None:
+        if condition():
+            os.killpg(child.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    return child.wait()
 
 
 def closed_port() -> int:

@@ -6,22 +6,18 @@ reruns must end with the uninterrupted run's metrics and weights.
 """
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_cli_until
 from safetensors.torch import load_file
 
 from curation import ablate, synthetic
 from curation.webserver import Server, routes_from_dir
 from flows import cli
 
-ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """
 [sharding]
 shard_size = 20
@@ -99,23 +95,6 @@ def test_bootstrap_writes_a_complete_metrics_file(world_loop):
             assert (out / model / part / "model.safetensors").is_file()
 
 
-def run_until(argv: list[str], out: Path, condition) -> int:
-    """`curate bootstrap` in its own process group, SIGKILLed once `condition(out)` holds."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the harness's server
-    child = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *argv], cwd=ROOT, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    while child.poll() is None:
-        if condition(out):
-            os.killpg(child.pid, signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    return child.wait()
-
-
 def without_timings(metrics_file: Path) -> dict:
     metrics = json.loads(metrics_file.read_text())
     for found in metrics["models"].values():
@@ -135,9 +114,9 @@ def test_a_killed_bootstrap_resumes_to_the_uninterrupted_result(world_loop):
     root, argv, reference = world_loop
     out = root / "killed"
     for where, condition in KILL_POINTS:
-        code = run_until(argv(out), out, condition)
+        code = run_cli_until(argv(out), lambda c=condition: c(out))
         assert code == -signal.SIGKILL, f"the run ended ({code}) before the kill {where}"
-    assert run_until(argv(out), out, lambda _: False) == 0
+    assert run_cli_until(argv(out), lambda: False) == 0
 
     got, expected = (without_timings(d / "metrics.json") for d in (out, reference))
     assert got["models"] == expected["models"] and got["capfilt"] == expected["capfilt"]

@@ -6,22 +6,18 @@ Each kill fires when the run directory shows that phase under way; after each on
 command is run again, and the last rerun must produce exactly what a run never killed produces.
 """
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_cli_until
 
 from curation import synthetic
 from curation.webserver import Server, routes_from_dir
 from flows import cli
 
-ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """
 [sharding]
 shard_size = 8
@@ -76,23 +72,6 @@ def world_run(tmp_path_factory, tiny_models, prefect_harness):
     server.close()
 
 
-def run_until(argv: list[str], run_dir: Path, condition, shards: int) -> int:
-    """Start `curate run` in its own process group; SIGKILL the group once `condition` holds."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the harness's server
-    child = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *argv], cwd=ROOT, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    while child.poll() is None:
-        if condition(run_dir, shards):
-            os.killpg(child.pid, signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    return child.wait()
-
-
 def contents(run_dir: Path) -> dict[str, pa.Table]:
     """Every data file of a run (what a user reads), by path; markers and timings excluded."""
     kinds = ("raw", "capfilt", "annotations", "decisions", "shards", "rejects")
@@ -112,9 +91,9 @@ def test_a_run_killed_at_every_phase_resumes_to_the_uninterrupted_output(world_r
 
     resumed = root / "resumed"
     for phase, condition in KILL_POINTS:
-        code = run_until(argv(resumed), resumed, condition, shards)
+        code = run_cli_until(argv(resumed), lambda c=condition: c(resumed, shards))
         assert code == -signal.SIGKILL, f"the run ended ({code}) before the {phase} kill point"
-    assert run_until(argv(resumed), resumed, lambda d, n: False, shards) == 0
+    assert run_cli_until(argv(resumed), lambda: False) == 0
 
     expected, got = contents(reference), contents(resumed)
     assert got.keys() == expected.keys()
