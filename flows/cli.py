@@ -6,6 +6,7 @@ in about a second.
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def _quiet() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # else INFO per worker event
 
 
 def run_config(args) -> config_mod.RunConfig:
@@ -56,22 +58,50 @@ def checked_run_config(args) -> tuple[config_mod.RunConfig, str | None]:
     return cfg, caption_col
 
 
-def cmd_run(args) -> int:
-    cfg, caption_col = checked_run_config(args)
-    from flows.curate import curate
+def check_scale_out(args) -> None:
+    """`--workers` / `--cluster`: one of them, a positive count, a scheduler we can reach."""
+    if args.workers is not None and args.cluster:
+        raise config_mod.ConfigError("give --workers or --cluster, not both")
+    if args.workers is not None and args.workers < 1:
+        raise config_mod.ConfigError("--workers must be >= 1")
+    if not args.cluster:
+        return
+    from distributed.comm import parse_address, parse_host_port
+    from prefect.settings import PREFECT_API_URL
 
-    curate(args.urls, args.out, args.url_col, caption_col, cfg.to_dict())
+    if not PREFECT_API_URL.value():
+        raise config_mod.ConfigError(
+            "--cluster needs PREFECT_API_URL: a Prefect server every Dask worker can reach "
+            '(README, "Scale-out")'
+        )
+    scheme, location = parse_address(args.cluster)
+    if scheme in ("tcp", "tls"):
+        try:
+            socket.create_connection(parse_host_port(location), timeout=5).close()
+        except OSError as err:
+            raise config_mod.ConfigError(f"no Dask scheduler at {args.cluster}: {err}") from None
+
+
+def cmd_run(args) -> int:
+    check_scale_out(args)
+    cfg, caption_col = checked_run_config(args)
+    from flows.curate import curate_on
+
+    curate_on(args.urls, args.out, args.url_col, caption_col, cfg.to_dict(), args.workers or 0,
+              args.cluster)  # fmt: skip
     print(stats.report(args.out))
     return 0
 
 
 def cmd_schedule(args) -> int:
+    check_scale_out(args)
     cfg, caption_col = checked_run_config(args)
     from flows.schedule import serve
 
     parameters = {
         "urls": str(Path(args.urls).resolve()), "out_root": str(Path(args.out_root).resolve()),
         "url_col": args.url_col, "caption_col": caption_col, "config": cfg.to_dict(),
+        "workers": args.workers or 0, "cluster": args.cluster,
     }  # fmt: skip
     print(f"serving deployment curate-scheduled/{args.name} on cron {args.cron!r}; Ctrl-C stops")
     serve(args.name, args.cron, parameters)
@@ -205,18 +235,32 @@ def add_run_options(r: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_scale_out_options(r: argparse.ArgumentParser) -> None:
+    """Where the per-shard tasks run (README, "Scale-out"); default: this process."""
+    r.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="a local Dask cluster of N worker processes (one per GPU with dask-cuda)",
+    )
+    r.add_argument("--cluster", metavar="ADDRESS",
+                   help="an existing Dask scheduler, e.g. tcp://host:8786")  # fmt: skip
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="curate", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="download, caption and filter a URL list into RUN_DIR")
     r.add_argument("--out", required=True, help="run directory (rerun to resume)")
     add_run_options(r)
+    add_scale_out_options(r)
     r.set_defaults(func=cmd_run)
     c = sub.add_parser("schedule", help="serve a Prefect deployment running `curate run` on cron")
     c.add_argument("--cron", required=True, help='e.g. "0 3 * * *" (03:00 every day)')
     c.add_argument("--out-root", required=True, help="each run writes OUT_ROOT/<UTC timestamp>")
     c.add_argument("--name", default="nightly", help="deployment name")
     add_run_options(c)
+    add_scale_out_options(c)
     c.set_defaults(func=cmd_schedule)
     t = sub.add_parser("train", help="pre-train BLIP (ITC+ITM+LM) on a run's curated shards")
     t.add_argument("--shards", required=True, metavar="RUN_DIR")

@@ -3,17 +3,28 @@
 One task per shard and step, except the plan: DFN's score threshold and MetaCLIP's concept
 counts are computed over the whole run (DESIGN.md), so selection waits for every shard.
 
-Downloads run two shards at a time on a thread pool (they wait on the network, in a child
-process); CapFilt runs shard after shard in the flow's thread, on models loaded once, so the
-download of shard i+1 overlaps the models' work on shard i.
+By default downloads run two shards at a time on a thread pool (they wait on the network, in a
+child process); CapFilt runs shard after shard in the flow's thread, on models loaded once, so
+the download of shard i+1 overlaps the models' work on shard i.
+
+Scale-out (`curate run --workers N` or `--cluster ADDRESS`): the tasks run on Dask through
+prefect-dask. Each shard's chain download -> CapFilt -> annotate runs on the workers, shards in
+parallel; every worker process loads the models once (`run.load_models` is cached per process).
+RUN_DIR must be on a filesystem every worker sees.
 """
 
+import importlib.util
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.context import FlowRunContext
+from prefect.futures import as_completed
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
 
 from curation import run
 from curation.config import from_dict
@@ -45,6 +56,33 @@ def select(run_dir: str, shard: int, config: dict) -> dict:
     return run.select_step(Path(run_dir), shard, from_dict(config))
 
 
+STEPS = ("download", "capfilt", "annotate")  # per shard, before the global plan
+
+
+def _shards_here(out: str, shards: list[int], config: dict, progress: Progress) -> None:
+    """Downloads on the thread pool; CapFilt and annotate in this thread, shard after shard."""
+    futures = [download.submit(out, s, config) for s in shards]
+    for shard, future in zip(shards, futures, strict=True):
+        progress.step_done("download", shard, future.result())
+        progress.step_done("capfilt", shard, capfilt(out, shard, config))
+        progress.step_done("annotate", shard, annotate(out, shard, config))
+
+
+def _shards_on_workers(out: str, shards: list[int], config: dict, progress: Progress) -> None:
+    """Every shard's chain download -> CapFilt -> annotate submitted at once; Dask runs the
+    chains in parallel, each step once the one before it finished."""
+    futures, names = [], {}  # names: task run id -> (step, shard), for the progress lines
+    for shard in shards:
+        downloaded = download.submit(out, shard, config)
+        filtered = capfilt.submit(out, shard, config, wait_for=[downloaded])
+        annotated = annotate.submit(out, shard, config, wait_for=[filtered])
+        for step, future in zip(STEPS, (downloaded, filtered, annotated), strict=True):
+            futures.append(future)
+            names[future.task_run_id] = (step, shard)
+    for future in as_completed(futures):
+        progress.step_done(*names[future.task_run_id], future.result())
+
+
 @flow(name="curate", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def curate(
     urls: str,
@@ -59,15 +97,75 @@ def curate(
     shards = run.prepare(Path(out), Path(urls), url_col, caption_col, cfg)
     progress = Progress(len(shards))
     config = cfg.to_dict()
-    futures = [download.submit(out, s, config) for s in shards]
-    for shard, future in zip(shards, futures, strict=True):
-        progress.step_done("download", shard, future.result())
-        progress.step_done("capfilt", shard, capfilt(out, shard, config))
-        progress.step_done("annotate", shard, annotate(out, shard, config))
-    plan(out, config)  # the global pass: needs every shard's annotations
+    if isinstance(FlowRunContext.get().task_runner, DaskTaskRunner):
+        _shards_on_workers(out, shards, config, progress)
+    else:
+        _shards_here(out, shards, config, progress)
+    plan(out, config)  # the global pass, in this process: needs every shard's annotations
     for shard, future in zip(shards, [select.submit(out, s, config) for s in shards], strict=True):
         progress.step_done("select", shard, future.result())
     timings = {**progress.seconds, "wall": time.perf_counter() - started}
     manifest = run.write_manifest(Path(out), cfg, timings)
     progress.finish(manifest["counts"])
     return manifest["counts"]
+
+
+def local_cluster(workers: int) -> tuple[str, dict]:
+    """Dask cluster class and arguments for `--workers N` on this machine.
+
+    One process per worker with one thread: each process loads the models once and runs one
+    shard at a time (Dask's nanny also sets OMP_NUM_THREADS=1, so torch uses one core each).
+    With CUDA and dask-cuda installed, one worker per GPU (at most N) instead.
+    """
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("dask_cuda"):
+        gpus = min(workers, torch.cuda.device_count())
+        return "dask_cuda.LocalCUDACluster", {"n_workers": gpus, "threads_per_worker": 1}
+    return "distributed.LocalCluster", {"n_workers": workers, "threads_per_worker": 1}
+
+
+def task_runner(workers: int = 0, cluster: str | None = None) -> TaskRunner:
+    """The thread pool by default; Dask on an existing scheduler or on a local cluster."""
+    if cluster:
+        return DaskTaskRunner(address=cluster)
+    if workers:
+        cluster_class, kwargs = local_cluster(workers)
+        return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)
+    return ThreadPoolTaskRunner(max_workers=2)
+
+
+@contextmanager
+def api_for_workers():
+    """Give Dask workers this process's Prefect API server.
+
+    Workers receive the flow's Prefect settings with each task. Without PREFECT_API_URL each
+    worker process would start a temporary API server of its own (seconds and hundreds of MB
+    each, over the same SQLite file); start the temporary server here and name it instead.
+    """
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance Prefect itself would start in this process
+    server.start()
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        yield
+
+
+def curate_on(
+    urls: str,
+    out: str,
+    url_col: str = "url",
+    caption_col: str | None = "caption",
+    config: dict | None = None,
+    workers: int = 0,
+    cluster: str | None = None,
+) -> dict:
+    """Run the curate flow on the task runner `workers` / `cluster` ask for (see task_runner)."""
+    flow_on = curate.with_options(task_runner=task_runner(workers, cluster))
+    if not (workers or cluster):
+        return flow_on(urls, out, url_col, caption_col, config)
+    with api_for_workers():
+        return flow_on(urls, out, url_col, caption_col, config)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.curate import curate
+from flows.curate import curate_on
 
 
 def run_name(now: datetime | None = None) -> str:
@@ -25,10 +25,12 @@ def scheduled_curate(
     url_col: str = "url",
     caption_col: str | None = "caption",
     config: dict | None = None,
+    workers: int = 0,
+    cluster: str | None = None,
 ) -> dict:
-    """One scheduled run: curate `urls` into OUT_ROOT/<UTC timestamp>."""
+    """One scheduled run: curate `urls` into OUT_ROOT/<UTC timestamp> (on Dask when asked)."""
     out = Path(out_root) / run_name()
-    return curate(urls, str(out), url_col, caption_col, config)
+    return curate_on(urls, str(out), url_col, caption_col, config, workers, cluster)
 
 
 def serve(name: str, cron: str, parameters: dict) -> None:

@@ -2,8 +2,12 @@
 a benchmark that has silently rotted measures nothing)."""
 
 import importlib.util
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from PIL import Image
@@ -75,3 +79,16 @@ def test_cc3m_script_url_list_reads_back_with_empty_captions(cc3m, tmp_path):
 def test_cc3m_script_skips_without_the_shared_data(cc3m, tmp_path, capsys):
     assert cc3m.main(["--data", str(tmp_path / "absent"), "--workdir", str(tmp_path)]) == 0
     assert "skipped" in capsys.readouterr().out
+
+
+def test_memory_script_sums_the_process_tree_by_kind():
+    memory = load_script("memory_scaling")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "uvicorn"])
+    try:
+        while "uvicorn" not in psutil.Process(child.pid).cmdline():  # until it has exec'd
+            time.sleep(0.01)
+        pss = memory.sample_tree(psutil.Process())
+        assert pss["curate"] > 0 and pss["prefect_server"] > 0  # this process, the child
+    finally:
+        child.kill()
+        child.wait()
