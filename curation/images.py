@@ -7,6 +7,7 @@ a reject with a reason, never an exception that stops the shard.
 """
 
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +50,9 @@ def decode_image(data: bytes | None, min_side: int, max_pixels: int) -> Decoded:
     except Image.DecompressionBombError as err:  # Pillow's own guard, at 2x its pixel limit,
         return Decoded(None, "image_too_large", str(err)[:300])  # fires before ours in open()
     except Exception as err:  # noqa: BLE001 -- any decoder failure is a property of the bytes
-        return Decoded(None, "decode_error", f"{type(err).__name__}: {err}"[:300])
+        # Pillow names the in-memory file by its address; drop it so reruns give the same detail
+        message = re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(err).__name__}: {err}")
+        return Decoded(None, "decode_error", message[:300])
     if min(image.size) < min_side:
         return Decoded(None, "image_too_small", f"{image.width}x{image.height} < {min_side}px")
     try:

@@ -136,14 +136,33 @@ def cmd_bootstrap(args) -> int:
     for path in [args.clean, args.eval, args.truth, args.eval_truth]:
         if path and not Path(path).is_file():
             raise config_mod.ConfigError(f"file not found: {path}")
+    if args.ablate:
+        check_ablation(args, cfg)
     _quiet()
     from curation import bootstrap as loop
     from flows.bootstrap import bootstrap
 
     metrics = bootstrap(args.urls, args.clean, args.out, args.eval, args.rounds, args.url_col,
-                        caption_col, cfg.to_dict(), args.truth, args.eval_truth)  # fmt: skip
+                        caption_col, cfg.to_dict(), args.truth, args.eval_truth,
+                        args.ablate)  # fmt: skip
     print(loop.summary_table(metrics))
+    if args.ablate:
+        print(
+            f"\nablation ({args.out}/ablation.md):\n" + (Path(args.out) / "ablation.md").read_text()
+        )
     return 0
+
+
+def check_ablation(args, cfg: config_mod.RunConfig) -> None:
+    """`--ablate` compares models on the eval set, after round 1, with balancing rows."""
+    if not args.eval:
+        raise config_mod.ConfigError("--ablate needs --eval: the variants are compared on it")
+    if args.rounds < 1:
+        raise config_mod.ConfigError("--ablate needs --rounds >= 1 (it uses round 1's models)")
+    if not cfg.select.metadata:
+        raise config_mod.ConfigError(
+            "--ablate needs a concept list for its balancing rows: set [select] metadata"
+        )
 
 
 def cmd_stats(args) -> int:
@@ -218,7 +237,7 @@ def cmd_demo(args) -> int:
     _quiet()
     from flows.demo import demo
 
-    return demo(args.out)
+    return demo(args.out, args.ablate)
 
 
 def add_run_options(r: argparse.ArgumentParser) -> None:
@@ -285,6 +304,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=1)
     b.add_argument("--truth", help="synthetic world's truth.parquet: noise and filter numbers")
     b.add_argument("--eval-truth", help="synthetic world's eval_truth.parquet: caption truth")
+    b.add_argument("--ablate", action="store_true",
+                   help="also train one model per data variant (raw, +filter, +captioner, ...) "
+                   "on the same budget and write RUN_DIR/ablation.md")  # fmt: skip
     add_run_options(b)
     b.set_defaults(func=cmd_bootstrap)
     s = sub.add_parser("stats", help="print a run's funnel and score summaries")
@@ -332,6 +354,9 @@ def parser() -> argparse.ArgumentParser:
     mb.set_defaults(func=cmd_metadata_build)
     d = sub.add_parser("demo", help="synthesize a small web, serve it on loopback, curate it")
     d.add_argument("--out", default="demo_run")
+    d.add_argument(
+        "--ablate", action="store_true", help="also run the data ablation (bootstrap --ablate)"
+    )
     d.set_defaults(func=cmd_demo)
     return p
 
