@@ -92,16 +92,12 @@ def tail_recall(model_dir: Path, eval_parquet: Path, matcher: ConceptMatcher, ta
             "tail_images": int(tail_image.sum()), "tail_texts": int(tail_text.sum())}  # fmt: skip
 
 
-def concept_gini(run_dir: Path) -> float | None:
-    """Gini of the concept counts of a run's curated captions (None: no balancing ran)."""
-    paths = sorted(Path(run_dir, "shards").glob("*.parquet"))
-    lists = [
-        c for p in paths for c in pq.read_table(p, columns=["concepts"])["concepts"].to_pylist()
-    ]
-    if not lists or all(c is None for c in lists):
-        return None
-    entries = [e for found in lists if found for e in found]
-    return balance.gini(np.unique(entries, return_counts=True)[1]) if entries else 0.0
+def concept_gini(matcher: ConceptMatcher, texts: list[str]) -> float:
+    """Gini coefficient of the concept counts of a training set's texts, over the concepts they
+    match: how head-heavy the data a model learns from is (balancing should lower it)."""
+    found = [e for entries in matcher.match_many(texts) for e in entries]
+    counts = balance.count_matches(found, len(matcher.entries))
+    return balance.gini(counts[counts > 0])
 
 
 COLUMNS = [("pairs", "pairs"), ("epochs", "epochs"), ("i2t_r1", "i2t R@1"),

@@ -95,23 +95,26 @@ def _ablation(
 ) -> list[dict]:
     """One model per data variant (curation.ablate), trained on the same example budget."""
     cfg = from_dict(config)
-    base_pairs = len(train.pairs_from_raw(out / "web"))
+    matcher = select.load_matcher(cfg.select)
+    raw_texts = [text for _, text in train.pairs_from_raw(out / "web")]
+    base_pairs = len(raw_texts)
     scorer = str(loop.layout(out, 1)["finetuned"] / "scorer")
     rows = []  # a list: JSON objects are written with sorted keys, rows keep their order
     for name, overrides in ablations.variants(cfg.select.metadata, scorer):
+        texts, model = raw_texts, loop.layout(out, 0)["model"]
         found = {"pairs": base_pairs, "epochs": cfg.train.epochs}
-        model = loop.layout(out, 0)["model"]
         if overrides is not None:
             folder = out / "ablate" / ablations.slug(name)
             variant = ablations.with_overrides(config, overrides)
             run_dir = _capfilt_pass(urls, out, 1, url_col, caption_col, variant, folder / "run")
-            pairs = len(train.pairs_from_curated(run_dir))
-            epochs = ablations.budget_epochs(cfg.train.epochs, base_pairs, pairs)
-            found = {"pairs": pairs, "epochs": epochs, "gini": ablations.concept_gini(run_dir)}
+            texts = [text for _, text in train.pairs_from_curated(run_dir)]
+            epochs = ablations.budget_epochs(cfg.train.epochs, base_pairs, len(texts))
+            found = {"pairs": len(texts), "epochs": epochs}
             model = folder / "model"
-            if pairs:
+            if texts:
                 budget = ablations.with_overrides(config, {"train": {"epochs": epochs}})
                 pretrain(run_dir, True, str(model), budget)
+        found["gini"] = ablations.concept_gini(matcher, texts)
         if found["pairs"]:
             scores = evaluate(str(model), eval_set, eval_truth)
             found |= {k: v for k, v in scores.items() if k != "samples"}
