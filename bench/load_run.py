@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"wall {wall:.0f} s for {counts['input']:,} pairs ({counts['input'] / wall:.1f} pairs/s)"
         f": {counts['curated']:,} curated + {counts['rejected']:,} rejected "
-        f"{counts['rejects_by_reason']}; peak RSS of the tree {result['peak'] / 2**20:.0f} MiB"
+        f"{counts['rejects_by_reason']}; peak memory of the tree (PSS) "
+        f"{result['peak'] / 2**20:.0f} MiB"
     )
     return 0 if counts["input"] == counts["curated"] + counts["rejected"] == args.pairs else 1
 
