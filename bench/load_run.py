@@ -16,30 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
-
-import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from memory_scaling import CURATE, measure, prepare  # noqa: E402
+from memory_scaling import measured_run, prepare  # noqa: E402
 
 from curation import synthetic, webserver  # noqa: E402
 
-CONFIG = """[sharding]
-shard_size = {shard_size}
-[capfilt]
-num_captions = 1
-max_new_tokens = 8
-min_new_tokens = 2
-batch_size = 64
-[download]
-timeout = 10
-"""
 STEPS = ("download", "capfilt", "annotate", "select")
 
 
@@ -66,24 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     world, *models = prepare(args.workdir, args.pairs)
     server = webserver.Server(webserver.routes_from_dir(world / "images", prefix="/images"))
-    work = args.workdir / "run"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
     try:
-        pq.write_table(synthetic.url_list(world, server.base_url), work / "urls.parquet")
-        (work / "cfg.toml").write_text(CONFIG.format(shard_size=args.shard_size))
-        argv = [str(CURATE), "run", "--urls", str(work / "urls.parquet"),
-                "--out", str(work / "out"), "--config", str(work / "cfg.toml"),
-                "--captioner", str(models[0]), "--filter", str(models[1]),
-                "--allow-private-network"]  # fmt: skip
-        env = {**os.environ, "PREFECT_HOME": str(work / "prefect"), "HF_HUB_OFFLINE": "1"}
-        result = measure(argv, env, work / "curate.log", interval=1.0)
+        urls = synthetic.url_list(world, server.base_url)
+        result = measured_run(args.workdir / "work", urls, models, args.shard_size,
+                              batch_size=64, interval=1.0)  # fmt: skip
     finally:
         server.close()
-    manifest = json.loads((work / "out" / "manifest.json").read_text())
+    run_dir = args.workdir / "work" / "run"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
     counts = manifest["counts"]
     print(f"{'stage':<9} {'rows':>8} {'shard_s':>9} {'rows/s':>8}")
-    for step, count, seconds in stage_table(work / "out"):
+    for step, count, seconds in stage_table(run_dir):
         print(f"{step:<9} {count:>8} {seconds:>9.1f} {count / max(seconds, 1e-9):>8.1f}")
     wall = result["seconds"]
     print(

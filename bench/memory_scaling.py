@@ -46,7 +46,7 @@ shard_size = {shard_size}
 num_captions = 1
 max_new_tokens = 8
 min_new_tokens = 2
-batch_size = 16
+batch_size = {batch_size}
 [download]
 timeout = 10
 """
@@ -117,22 +117,35 @@ def prepare(workdir: Path, rows: int) -> tuple[Path, Path, Path]:
     return world, models / "captioner", models / "filter"
 
 
+def measured_run(
+    work: Path,
+    urls,
+    models,
+    shard_size: int,
+    batch_size: int = 16,
+    extra: list[str] | None = None,
+    interval: float = 0.2,
+) -> dict:
+    """`curate run` over the URL table `urls` into WORK/run (fresh), its process tree sampled."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    pq.write_table(urls, work / "urls.parquet")
+    (work / "cfg.toml").write_text(CONFIG.format(shard_size=shard_size, batch_size=batch_size))
+    argv = [str(CURATE), "run", "--urls", str(work / "urls.parquet"), "--out", str(work / "run"),
+            "--config", str(work / "cfg.toml"), "--captioner", str(models[0]),
+            "--filter", str(models[1]), "--allow-private-network", *(extra or [])]  # fmt: skip
+    # A fresh Prefect home per run: its temporary API server starts from an empty database.
+    env = {**os.environ, "PREFECT_HOME": str(work / "prefect"), "HF_HUB_OFFLINE": "1"}
+    return measure(argv, env, work / "curate.log", interval)
+
+
 def run_once(args, scale: int, world: Path, models: tuple[Path, Path], base_url: str) -> dict:
     """One `curate run` over the first scale x shards x shard_size rows, in a fresh run dir."""
     rows = scale * args.shards * args.shard_size
-    work = args.workdir / f"x{scale}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    pq.write_table(synthetic.url_list(world, base_url).slice(0, rows), work / "urls.parquet")
-    (work / "cfg.toml").write_text(CONFIG.format(shard_size=args.shard_size))
-    argv = [str(CURATE), "run", "--urls", str(work / "urls.parquet"), "--out", str(work / "run"),
-            "--config", str(work / "cfg.toml"), "--captioner", str(models[0]),
-            "--filter", str(models[1]), "--allow-private-network"]  # fmt: skip
-    if args.workers:
-        argv += ["--workers", str(args.workers)]
-    # A fresh Prefect home per run: its temporary API server starts from an empty database.
-    env = {**os.environ, "PREFECT_HOME": str(work / "prefect"), "HF_HUB_OFFLINE": "1"}
-    result = measure(argv, env, work / "curate.log", args.interval)
+    urls = synthetic.url_list(world, base_url).slice(0, rows)
+    extra = ["--workers", str(args.workers)] if args.workers else []
+    result = measured_run(args.workdir / f"x{scale}", urls, models, args.shard_size,
+                          extra=extra, interval=args.interval)  # fmt: skip
     return {"scale": scale, "rows": rows, "shards": scale * args.shards, **result}
 
 

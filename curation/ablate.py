@@ -13,12 +13,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curation import balance, metrics
 from curation.concepts import ConceptMatcher
-from curation.evaluate import _pixels, itc_similarity, load_eval_set
+from curation.evaluate import eval_pixels, itc_similarity, load_eval_set
 from curation.models import load_filter, pick_device
 
 TAIL_FRACTION = 0.25  # the rarest quarter (by web count) of the concepts the eval set mentions
@@ -58,16 +56,6 @@ def budget_epochs(base_epochs: int, base_pairs: int, pairs: int) -> int:
     return max(1, round(base_epochs * base_pairs / max(pairs, 1)))
 
 
-def web_texts(web_run: Path) -> list[str]:
-    """The alt-text of every downloaded web image (the pool the concept counts come from)."""
-    texts = []
-    for path in sorted(Path(web_run, "raw").glob("*.parquet")):
-        table = pq.read_table(path, columns=["web_text", "status"])
-        ok = table.filter(pc.equal(table["status"], "success"))
-        texts += [t or "" for t in ok["web_text"].to_pylist()]
-    return texts
-
-
 def tail_concepts(matcher: ConceptMatcher, web: list[str], eval_texts: list[str]) -> set[int]:
     """Entry ids of the rarest TAIL_FRACTION (by web count) of the concepts eval texts mention."""
     counts = balance.count_matches(
@@ -82,7 +70,7 @@ def tail_recall(model_dir: Path, eval_parquet: Path, matcher: ConceptMatcher, ta
     """i2t recall@1 over eval images with a tail concept in a caption, t2i over such captions."""
     data = load_eval_set(eval_parquet)
     filt = load_filter(str(Path(model_dir) / "filter"), *pick_device())
-    sim = itc_similarity(filt, _pixels(filt.processor, data.images), data.texts)  # (I, T)
+    sim = itc_similarity(filt, eval_pixels(filt.processor, data.images), data.texts)  # (I, T)
     text_ids, image_ids = np.asarray(data.text_image_ids), np.asarray(data.image_ids)
     tail_text = np.array([bool(tail & set(m)) for m in matcher.match_many(data.texts)])
     tail_image = np.isin(image_ids, text_ids[tail_text])

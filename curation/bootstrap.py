@@ -38,7 +38,7 @@ def link_downloads(web_run: Path, run_dir: Path) -> None:
 def noise_ratio(run_dir: Path) -> dict:
     """BLIP's "noise ratio" of a CapFilt pass: share of web and of synthetic texts rejected."""
     con = sql.connect(run_dir)
-    columns, rows = sql.query(con, "bootstrap_noise_ratio")
+    _, rows = sql.query(con, "bootstrap_noise_ratio")
     return {f"{row[0]}_rejected_pct": row[1] for row in rows}
 
 
@@ -65,12 +65,12 @@ def truth_metrics(web_run: Path, capfilt_run: Path, truth_parquet: Path) -> dict
     raw_noisy = [truth[_file_of(url)]["is_noisy"] for url, _ in raw]
     texts = sql.connect(capfilt_run).execute(sql.load("bootstrap_scored_texts")).fetchall()
     web = {_file_of(url): kept for url, source, _, kept, _ in texts if source == "web"}
-    kept_texts, synthetic = [], []
+    kept_texts, synthetic_true = [], []
     for url, source, text, kept, curated in texts:
         row = truth[_file_of(url)]
         wrong = row["is_noisy"] if source == "web" else not _true(text, row["scene"])
         if source == "synthetic":
-            synthetic.append(not wrong)
+            synthetic_true.append(not wrong)
         if kept and curated:
             kept_texts.append(wrong)
     return {
@@ -78,7 +78,7 @@ def truth_metrics(web_run: Path, capfilt_run: Path, truth_parquet: Path) -> dict
         "curated_noise_pct": _pct(sum(kept_texts), len(kept_texts)),
         "curated_texts": len(kept_texts),
         **_web_filter_scores(truth, web, [_file_of(url) for url, _ in raw]),
-        "synthetic_true_pct": _pct(sum(synthetic), len(synthetic)),
+        "synthetic_true_pct": _pct(sum(synthetic_true), len(synthetic_true)),
     }
 
 

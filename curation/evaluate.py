@@ -27,6 +27,7 @@ import torch
 from torch.nn.functional import normalize
 
 from curation import metrics, synthetic
+from curation.config import CapFiltConfig, TrainConfig
 from curation.images import decode_image
 from curation.models import (
     Captioner,
@@ -39,7 +40,7 @@ from curation.models import (
 )
 
 BATCH_SIZE = 64  # images or texts per model call
-MAX_TEXT_TOKENS = 40  # as curation.train.TrainConfig.max_text_tokens
+MAX_TEXT_TOKENS = TrainConfig().max_text_tokens  # as the models were trained
 PROMPT = "a picture of"  # BLIP's captioning prompt, as the captioner was trained with
 NUM_BEAMS = 3  # BLIP's COCO captioning evaluation: beam search with 3 beams
 # The synthetic world's captions run to ~32 tokens (three objects with every attribute); a
@@ -67,9 +68,9 @@ def load_eval_set(eval_parquet: str | Path) -> EvalSet:
     return EvalSet(list(first), list(first.values()), table["caption"], table["image_id"])
 
 
-def _pixels(processor, images: list[bytes]) -> torch.Tensor:
+def eval_pixels(processor, images: list[bytes]) -> torch.Tensor:
     """Decode and preprocess every eval image; an eval set must decode whole. (I, 3, H, W)"""
-    decoded = [decode_image(data, 1, 89_478_485) for data in images]
+    decoded = [decode_image(data, 1, CapFiltConfig().max_image_pixels) for data in images]
     bad = [i for i, d in enumerate(decoded) if d.image is None]
     if bad:
         raise ValueError(f"eval image {bad[0]} does not decode: {decoded[bad[0]].detail}")
@@ -156,9 +157,9 @@ def evaluate(
     filt = load_filter(str(Path(model_dir) / "filter"), device, dtype)
     captioner = load_captioner(str(Path(model_dir) / "captioner"), device, dtype)
     data = load_eval_set(eval_parquet)
-    pixels = _pixels(filt.processor, data.images)
+    pixels = eval_pixels(filt.processor, data.images)
     same = image_processor_config(filt.processor) == image_processor_config(captioner.processor)
-    cap_pixels = pixels if same else _pixels(captioner.processor, data.images)
+    cap_pixels = pixels if same else eval_pixels(captioner.processor, data.images)
     sim = itc_similarity(filt, pixels, data.texts)  # (I, T)
     result = metrics.retrieval_recall(sim, data.text_image_ids, data.image_ids)
     captions = generate_captions(captioner, cap_pixels, num_beams, max_new_tokens)

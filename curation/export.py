@@ -151,16 +151,9 @@ def _check_out_dir(out_dir: Path) -> None:
         raise ExportError(f"export folder {out_dir} is not empty; export into a new folder")
 
 
-def has_annotations(con: duckdb.DuckDBPyConnection, run_dir: Path) -> bool:
+def has_annotations(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether the run has annotations (DFN score, concepts per CapFilt survivor): the
-    `annotations` view has rows. A connection without the view gets one over
-    RUN_DIR/annotations/*.parquet when those files exist (the selection step writes them)."""
-    _, [(exists,)] = sql.query(con, "has_view", view="annotations")
-    if not exists:
-        files = sorted(str(p) for p in Path(run_dir).glob("annotations/*.parquet"))
-        if not files:
-            return False
-        con.read_parquet(files).create_view("annotations")
+    `annotations` view of `sql.connect` has rows."""
     return bool(sql.query(con, "annotations_nonempty")[1][0][0])
 
 
@@ -175,7 +168,7 @@ def make_plan(con, run_dir: Path, where: str | None, fmt: str, caption: str) -> 
     """Settle the export and validate `where` against the exported columns (no data read)."""
     where = where.strip() if where and where.strip() else None
     files = sorted(Path(run_dir).glob("shards/*.parquet"))
-    plan = Plan(fmt, caption, where, has_annotations(con, run_dir), files, [])
+    plan = Plan(fmt, caption, where, has_annotations(con), files, [])
     plan.columns = output_columns(fmt, caption, plan.annotated)
     plan.max_pixels = _run_config(run_dir).get("max_image_pixels", plan.max_pixels)
     _point_at(con, files[0] if files else None)

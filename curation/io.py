@@ -22,11 +22,16 @@ def write_parquet(table: pa.Table, path: Path, table_schema: pa.Schema) -> None:
     os.replace(tmp, path)
 
 
-def write_json(data: dict, path: Path) -> None:
+def write_text(text: str, path: Path) -> None:
+    """Write UTF-8 `text` under a temporary name, then rename into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json(data: dict, path: Path) -> None:
+    write_text(json.dumps(data, indent=2, sort_keys=True, default=str), path)
 
 
 def remove_partial_files(run_dir: Path) -> int:

@@ -17,7 +17,6 @@ thousand rows or a billion. Sections whose data a run lacks (DFN scores, concept
 import base64
 import html
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
@@ -27,7 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
-from curation import sql
+from curation import io, sql
 from curation.config import CapFiltConfig, ConfigError
 from curation.export import has_annotations
 from curation.images import decode_image
@@ -111,10 +110,7 @@ def write_report(run_dir: str | Path, out_file: str | Path | None = None) -> Pat
         raise ReportError(f"{run_dir} is not a curation run (no run.json)")
     out = Path(out_file) if out_file else run_dir / "report.html"
     page = render(run_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    io.write_text(page, out)
     return out
 
 
@@ -126,7 +122,7 @@ def render(run_dir: str | Path, con=None) -> str:
         run_dir,
         _read_json(run_dir / "manifest.json"),
         _read_json(run_dir / "selection.json"),
-        has_annotations(con, run_dir),
+        has_annotations(con),
     )
     counts = dict(zip(*_one(con, "stats_funnel"), strict=True))
     body = [

@@ -49,14 +49,14 @@ from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
 from transformers.utils import logging as transformers_logging
 
 from curation import tiny
-from curation.config import ConfigError, TrainConfig
+from curation.config import CapFiltConfig, ConfigError, TrainConfig
 from curation.images import decode_image
 from curation.io import write_json
 from curation.models import pick_device, preprocess
 
 OBJECTIVES = ("itc", "itm", "lm")
 MIN_IMAGE_SIDE = 8  # as CapFiltConfig.min_image_side: smaller images are not training data
-MAX_IMAGE_PIXELS = 89_478_485  # Pillow's decompression-bomb limit
+MAX_IMAGE_PIXELS = CapFiltConfig().max_image_pixels  # the curation run's bomb guard
 BUCKET_BATCHES = 16  # batches per window sorted by text length (see batch_indices)
 PREPROCESS_CHUNK = 256  # images per preprocess call: bounds peak memory of the PIL -> tensor step
 # TrainConfig fields that change no weight; left out of the fingerprint that guards a resume.

@@ -82,14 +82,6 @@ def _capfilt_pass(
     return str(run_dir)
 
 
-@task(cache_policy=NO_CACHE, task_run_name="tail-recall-{model}")
-def tail_recall(model: str, eval_set: str, metadata: str, web: str) -> dict:
-    matcher = select.load_matcher(select.SelectConfig(metadata=metadata))
-    texts = evaluation.load_eval_set(eval_set).texts
-    tail = ablations.tail_concepts(matcher, ablations.web_texts(Path(web)), texts)
-    return ablations.tail_recall(Path(model), Path(eval_set), matcher, tail)
-
-
 def _ablation(
     urls, out: Path, url_col, caption_col, config: dict, eval_set: str, eval_truth: str | None
 ) -> list[dict]:
@@ -98,6 +90,8 @@ def _ablation(
     matcher = select.load_matcher(cfg.select)
     raw_texts = [text for _, text in train.pairs_from_raw(out / "web")]
     base_pairs = len(raw_texts)
+    eval_texts = evaluation.load_eval_set(eval_set).texts
+    tail = ablations.tail_concepts(matcher, raw_texts, eval_texts)  # rarest in the web's texts
     scorer = str(loop.layout(out, 1)["finetuned"] / "scorer")
     rows = []  # a list: JSON objects are written with sorted keys, rows keep their order
     for name, overrides in ablations.variants(cfg.select.metadata, scorer):
@@ -118,7 +112,7 @@ def _ablation(
         if found["pairs"]:
             scores = evaluate(str(model), eval_set, eval_truth)
             found |= {k: v for k, v in scores.items() if k != "samples"}
-            found |= tail_recall(str(model), eval_set, cfg.select.metadata, str(out / "web"))
+            found |= ablations.tail_recall(Path(model), Path(eval_set), matcher, tail)
         rows.append({"data": name, **found})
         io.write_json({"rows": rows}, out / "ablation.json")
     (out / "ablation.md").write_text(ablations.table(rows) + "\n")

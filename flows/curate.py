@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from curation import run
@@ -125,14 +125,12 @@ def local_cluster(workers: int) -> tuple[str, dict]:
     return "distributed.LocalCluster", {"n_workers": workers, "threads_per_worker": 1}
 
 
-def task_runner(workers: int = 0, cluster: str | None = None) -> TaskRunner:
-    """The thread pool by default; Dask on an existing scheduler or on a local cluster."""
+def dask_runner(workers: int = 0, cluster: str | None = None) -> DaskTaskRunner:
+    """Dask on an existing scheduler (`cluster`) or on a local cluster of `workers`."""
     if cluster:
         return DaskTaskRunner(address=cluster)
-    if workers:
-        cluster_class, kwargs = local_cluster(workers)
-        return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)
-    return ThreadPoolTaskRunner(max_workers=2)
+    cluster_class, kwargs = local_cluster(workers)
+    return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)
 
 
 @contextmanager
@@ -163,9 +161,9 @@ def curate_on(
     workers: int = 0,
     cluster: str | None = None,
 ) -> dict:
-    """Run the curate flow on the task runner `workers` / `cluster` ask for (see task_runner)."""
-    flow_on = curate.with_options(task_runner=task_runner(workers, cluster))
+    """Run the curate flow here (default) or on Dask when `workers` / `cluster` ask for it."""
     if not (workers or cluster):
-        return flow_on(urls, out, url_col, caption_col, config)
+        return curate(urls, out, url_col, caption_col, config)
     with api_for_workers():
+        flow_on = curate.with_options(task_runner=dask_runner(workers, cluster))
         return flow_on(urls, out, url_col, caption_col, config)
