@@ -136,6 +136,7 @@ def cmd_bootstrap(args) -> int:
     for path in [args.clean, args.eval, args.truth, args.eval_truth]:
         if path and not Path(path).is_file():
             raise config_mod.ConfigError(f"file not found: {path}")
+    select.check_sources(cfg.select)  # a bad concept list or scorer: now, not after training
     if args.ablate:
         check_ablation(args, cfg)
     _quiet()

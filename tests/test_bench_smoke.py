@@ -88,7 +88,7 @@ def test_memory_script_sums_the_process_tree_by_kind():
         while "uvicorn" not in psutil.Process(child.pid).cmdline():  # until it has exec'd
             time.sleep(0.01)
         pss = memory.sample_tree(psutil.Process())
-        assert pss["curate"] > 0 and pss["prefect_server"] > 0  # this process, the child
+        assert pss["prefect_server"] > 0  # the child, classed by its command line
     finally:
         child.kill()
         child.wait()

@@ -137,7 +137,8 @@ def test_ablation_trains_one_model_per_variant_on_the_same_budget(world_loop):
     for name, row in rows.items():
         assert row["pairs"] > 0, name
         budget = row["epochs"] * row["pairs"]  # examples seen, rounded to whole epochs
-        assert abs(budget - raw["epochs"] * raw["pairs"]) <= row["pairs"] / 2, name
+        if name != "raw web":  # the budget every other row is held to
+            assert abs(budget - raw["epochs"] * raw["pairs"]) <= row["pairs"] / 2, name
         assert 0 <= row["tail_i2t_r1"] <= 100 and row["tail_images"] > 0, name
         assert {"i2t_r1", "t2i_r1", "cider"} <= set(row), name
     assert rows["+captioner"]["pairs"] > rows["+filter"]["pairs"]  # captions add pairs
