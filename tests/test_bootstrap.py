@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli_until
-from safetensors.torch import load_file
+from test_train import all_weights
 
 from curation import ablate, synthetic
 from curation.webserver import Server, routes_from_dir
@@ -102,14 +102,6 @@ def without_timings(metrics_file: Path) -> dict:
     return metrics
 
 
-def weights(model_dir: Path) -> dict:
-    return {
-        f"{part}/{key}": value
-        for part in ("captioner", "filter", "scorer")
-        for key, value in load_file(str(model_dir / part / "model.safetensors")).items()
-    }
-
-
 def test_a_killed_bootstrap_resumes_to_the_uninterrupted_result(world_loop):
     root, argv, reference = world_loop
     out = root / "killed"
@@ -121,7 +113,7 @@ def test_a_killed_bootstrap_resumes_to_the_uninterrupted_result(world_loop):
     got, expected = (without_timings(d / "metrics.json") for d in (out, reference))
     assert got["models"] == expected["models"] and got["capfilt"] == expected["capfilt"]
     for model in ("round0/model", "round1/model"):
-        a, b = weights(out / model), weights(reference / model)
+        a, b = all_weights(out / model), all_weights(reference / model)
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), model
     assert not list(out.rglob(".*.tmp-*")), "a partial file was left behind"
 
