@@ -70,7 +70,7 @@ def check_url(url: str | None, allow_private_network: bool) -> tuple[str, str] |
         return "download_failed", f"cannot resolve {host}: {err}"
     blocked = [a for a in addresses if not safe_fetch.is_public(a)]
     if blocked:
-        return "blocked_address", f"{host} resolves to non-public {blocked[0]}"
+        return "blocked_address", safe_fetch.blocked_message(host, blocked[0])
     return None
 
 
@@ -132,7 +132,7 @@ def _guarded_env(cfg: DownloadConfig) -> dict:
 def _failure(message: str | None) -> tuple[str, str]:
     """(reason, detail) of a failed fetch; the guards' refusals keep their own reason."""
     message = message or "failed to download"
-    reason = "blocked_address" if message.startswith("blocked address") else "download_failed"
+    reason = "blocked_address" if message.startswith(safe_fetch.BLOCKED) else "download_failed"
     return reason, message
 
 

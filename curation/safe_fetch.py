@@ -35,13 +35,22 @@ def is_public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+# Start of a refusal's message: it reaches the parent as img2dataset's error text, and
+# download.py turns it back into the `blocked_address` reason.
+BLOCKED = "blocked address"
+
+
+def blocked_message(host: str, address: str) -> str:
+    return f"{BLOCKED}: {host} resolves to non-public {address}"
+
+
 def checked_address(host: str, port: int, allow_private: bool) -> tuple:
     """The first resolved address of `host`, refused when any resolved address is not public."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     if not allow_private:
         blocked = [info[4][0] for info in infos if not is_public(info[4][0])]
         if blocked:
-            raise Refused(f"blocked address: {host} resolves to non-public {blocked[0]}")
+            raise Refused(blocked_message(host, blocked[0]))
     return infos[0][4]
 
 
