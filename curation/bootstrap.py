@@ -2,6 +2,7 @@
 
 Layout of a bootstrap RUN_DIR (each step skipped when its output exists):
     web/                the web, downloaded once (a run directory with raw/ only)
+    vision/             the image encoder pre-trained on a labelled set (with --labelled)
     round0/model/       pre-trained on the raw web pairs
     roundR/finetuned/   roundR-1's model fine-tuned on the clean set (captioner LM; filter ITC+ITM)
     roundR/capfilt/     `curate run` over the web with that captioner and filter

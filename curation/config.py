@@ -78,6 +78,11 @@ class TrainConfig:
     finetune_epochs: int = 15  # passes over the clean set in fine-tuning (BLIP COCO: 5-6)
     finetune_lr: float = 5e-4  # AdamW peak lr in fine-tuning (BLIP: 1e-5 on ViT-B)
     seed: int = 0  # model init, batch order and negative sampling
+    # Image encoder from `curate pretrain-vision` (BLIP's ImageNet ViT); "" = random. Used by
+    # every from-scratch pre-training; fine-tuning starts from its init model instead.
+    vision_init: str = ""
+    vision_epochs: int = 12  # `curate pretrain-vision` passes over the labelled set
+    vision_lr: float = 5e-4  # its AdamW peak lr (1e-3 and 2e-3 learnt less: docs/benchmarks.md)
     checkpoint_every: int = 100  # steps between resumable checkpoints (the last step always)
     max_text_tokens: int = 40  # texts truncated to this many tokens incl. [CLS]/[SEP] and prompt
     prompt: str = "a picture of "  # LM prefix, not scored (BLIP's captioning prompt)

@@ -119,6 +119,15 @@ CLEAN = pa.schema(
     ]
 )
 
+# A labelled image set for pre-training the image encoder before any image-text training
+# (`curate pretrain-vision`): BLIP starts its ViT from ImageNet; this is that step's input.
+LABELLED = pa.schema(
+    [
+        pa.field("image", pa.binary()),  # encoded bytes
+        pa.field("labels", pa.list_(pa.string())),  # every label true of the image (multi-label)
+    ]
+)
+
 # The synthetic world (curation/synthetic.py): the web as files + alt-text, and its truth, which
 # is kept apart from the URL list and used for evaluation only.
 SYNTH_WEB = pa.schema([pa.field("file", pa.string()), pa.field("caption", pa.string())])

@@ -117,11 +117,12 @@ CAPTIONS_PER_IMAGE = (2, 3)  # clean/eval: true phrasings per image (inclusive r
 JPEG_QUALITY = 90
 
 # Arrow schemas of the files `write_world` writes, declared in schema.py with the others.
-WEB, TRUTH, CLEAN, EVAL_TRUTH = (
+WEB, TRUTH, CLEAN, EVAL_TRUTH, LABELLED = (
     schema.SYNTH_WEB,
     schema.SYNTH_TRUTH,
     schema.CLEAN,
     schema.SYNTH_EVAL_TRUTH,
+    schema.LABELLED,
 )
 
 
@@ -179,6 +180,7 @@ class WorldPaths:
     web: Path  # web.parquet: file, caption (the alt-text)
     truth: Path  # truth.parquet: evaluation only, never shown to the pipeline
     clean: Path  # clean.parquet: image, caption, image_id
+    labelled: Path  # labelled.parquet: image, labels (the image encoder's pre-training set)
     eval: Path  # eval.parquet: image, caption, image_id
     eval_truth: Path  # eval_truth.parquet: image_id, scene
     concepts: Path  # concepts.txt, one per line
@@ -656,6 +658,23 @@ def captioned_table(scenes: list[Scene], sizes, rng: np.random.Generator) -> pa.
     return pa.table({"image": images, "caption": captions, "image_id": ids}, schema=CLEAN)
 
 
+def object_labels(scene: Scene) -> list[str]:
+    """The labelled set's classes for a scene: each object's colour, shape and "colour shape".
+
+    Object classes only, as ImageNet's are: sizes, positions, counts and backgrounds are left for
+    image-text pre-training to learn from captions.
+    """
+    found = {label for o in scene.objects for label in (o.colour, o.shape, f"{o.colour} {o.shape}")}
+    return sorted(found)
+
+
+def labelled_table(scenes: list[Scene], sizes) -> pa.Table:
+    """LABELLED-format rows, one per scene."""
+    images = [encode_jpeg(render_scene(s, *map(int, sizes[i]))) for i, s in enumerate(scenes)]
+    labels = [object_labels(scene) for scene in scenes]
+    return pa.table({"image": images, "labels": labels}, schema=LABELLED)
+
+
 def write_world(
     out_dir: str | Path,
     n_web: int = 2000,
@@ -664,13 +683,16 @@ def write_world(
     seed: int = 0,
     image_size: tuple[int, int] = (64, 96),
     noise_mix: dict[str, float] | None = None,
+    n_labelled: int | None = None,
 ) -> WorldPaths:
     """Write a synthetic web (images + alt-text + truth), a clean set and an eval set.
 
     Deterministic in `seed`. `image_size` = (min_side, max_side): each image's width and
     height are drawn in that range. The clean set has round(clean_frac * n_web) images drawn
     from the web's long-tailed distribution; the eval set is uniform over colour x shape
-    combos. No scene occurs twice across the three sets.
+    combos. The labelled set (the image encoder's ImageNet analog) has `n_labelled` images
+    (default 2 * n_web), uniform over combos, drawn with its own RNG so that the other sets do
+    not depend on it. No scene occurs twice across the four sets.
     """
     if n_web < 2 or n_eval < 1 or not 0 < clean_frac <= 1:
         raise ValueError("need n_web >= 2, n_eval >= 1 and 0 < clean_frac <= 1")
@@ -689,6 +711,11 @@ def write_world(
     ids = pa.array(range(len(evals)), pa.int64())
     eval_truth = pa.table({"image_id": ids, "scene": [s.to_json() for s in evals]})
     write_parquet(eval_truth, root / "eval_truth.parquet", EVAL_TRUTH)
+    own_rng = np.random.default_rng([seed, 1])
+    n_labelled = 2 * n_web if n_labelled is None else n_labelled
+    labelled = sample_scenes(own_rng, n_labelled, None, seen)
+    sizes = _image_sizes(own_rng, n_labelled, image_size)
+    write_parquet(labelled_table(labelled, sizes), root / "labelled.parquet", LABELLED)
     (root / "concepts.txt").write_text("\n".join(concepts()) + "\n")
     return world_paths(root)
 
@@ -696,7 +723,7 @@ def write_world(
 def world_paths(root: str | Path) -> WorldPaths:
     """The file layout of a world written by `write_world` under `root`."""
     root = Path(root)
-    names = ("web", "truth", "clean", "eval", "eval_truth")
+    names = ("web", "truth", "clean", "eval", "eval_truth", "labelled")
     files = {name: root / f"{name}.parquet" for name in names}
     return WorldPaths(root=root, images=root / "images", concepts=root / "concepts.txt", **files)
 

@@ -60,8 +60,14 @@ MAX_IMAGE_PIXELS = CapFiltConfig().max_image_pixels  # the curation run's bomb g
 BUCKET_BATCHES = 16  # batches per window sorted by text length (see batch_indices)
 PREPROCESS_CHUNK = 256  # images per preprocess call: bounds peak memory of the PIL -> tensor step
 # TrainConfig fields that change no weight; left out of the fingerprint that guards a resume.
-NOT_IN_FINGERPRINT = ("checkpoint_every", "log_every", "keep_checkpoints")
-PRETRAIN_ONLY = ("size", "epochs", "lr")
+NOT_IN_FINGERPRINT = (
+    "checkpoint_every",
+    "log_every",
+    "keep_checkpoints",
+    "vision_epochs",
+    "vision_lr",
+)  # the last two are `curate pretrain-vision`'s, not ours
+PRETRAIN_ONLY = ("size", "epochs", "lr", "vision_init")
 FINETUNE_ONLY = ("finetune_epochs", "finetune_lr")
 
 
@@ -193,7 +199,8 @@ def build_models(
     """(captioner, filter, processor): from scratch or from init_dir/{captioner,filter}.
 
     From scratch the sizes are `tiny.config_for_tokenizer(cfg.size, shipped tokenizer)`, the
-    init seeded by cfg.seed (the caller's RNG is left alone). With `share_vision` the captioner's
+    init seeded by cfg.seed (the caller's RNG is left alone), the vision encoder then replaced
+    by cfg.vision_init's when set. With `share_vision` the captioner's
     vision module is replaced by the filter's: one object that ITC, ITM and LM all update, as
     BLIP's pre-training shares its image encoder (sec. 3.1).
     """
@@ -206,6 +213,10 @@ def build_models(
             torch.manual_seed(cfg.seed)
             captioner = BlipForConditionalGeneration(config)
             filt = BlipForImageTextRetrieval(config)
+        if cfg.vision_init:
+            from curation import vision  # it trains with this module's helpers
+
+            vision.load_into(filt, cfg.vision_init)
     else:
         init = Path(init_dir)
         load = dict(use_safetensors=True, dtype=torch.float32)
@@ -667,6 +678,10 @@ def _fingerprint(kind: str, cfg: TrainConfig, digest: str, init_dir) -> str:
     settings = {k: v for k, v in asdict(cfg).items() if k not in skip}
     if kind == "finetune" or init_dir is not None:
         settings["init_dir"] = str(Path(init_dir).resolve())
+    elif cfg.vision_init:  # its weights, not its path
+        from curation import vision
+
+        settings["vision_init"] = vision.finished_fingerprint(cfg.vision_init)
     text = repr((kind, sorted(settings.items()), digest))
     return hashlib.sha256(text.encode()).hexdigest()
 

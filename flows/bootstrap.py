@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from curation import ablate as ablations
 from curation import bootstrap as loop
 from curation import evaluate as evaluation
-from curation import io, run, select, train
+from curation import io, run, select, train, vision
 from curation.config import from_dict
 from flows.curate import curate
 
@@ -42,6 +42,12 @@ def pretrain(source: str, from_curated: bool, model: str, config: dict) -> dict:
         )
     _say(f"pre-training {model} from scratch on {len(pairs):,} pairs")
     return train.pretrain(pairs, model, from_dict(config).train)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="pretrain-vision")
+def pretrain_vision(labelled: str, out: str, config: dict) -> dict:
+    _say(f"pre-training the image encoder on the labelled set {labelled}")
+    return vision.pretrain_vision(labelled, out, from_dict(config).train)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="finetune-{out}")
@@ -132,6 +138,7 @@ def bootstrap(
     truth: str | None = None,
     eval_truth: str | None = None,
     ablate: bool = False,
+    labelled: str | None = None,
 ) -> dict:
     """Run `rounds` rounds of BLIP's loop under `out`; returns (and writes) metrics.json.
 
@@ -139,8 +146,14 @@ def bootstrap(
     pass; `eval_truth` (its eval_truth.parquet) adds the share of true generated captions.
     `ablate` adds RUN_DIR/ablation.json and ablation.md: one model per data variant
     (curation.ablate), with round 1's fine-tuned models; it needs `eval_set` and a concept list.
+    `labelled` (a LABELLED parquet) pre-trains an image encoder first, into RUN_DIR/vision, and
+    every from-scratch pre-training starts from it (BLIP's ImageNet ViT).
     """
     out_dir, config = Path(out), config or {}
+    if labelled:
+        pretrain_vision(labelled, str(out_dir / "vision"), config)
+        trained = {"vision_init": str(out_dir / "vision")}
+        config = {**config, "train": {**config.get("train", {}), **trained}}
     download_web(urls, str(out_dir / "web"), url_col, caption_col, config)
     metrics = {"models": {}, "capfilt": {}}
     model = str(loop.layout(out_dir, 0)["model"])

@@ -129,11 +129,24 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_pretrain_vision(args) -> int:
+    from curation import vision
+
+    cfg = config_mod.load(args.config)
+    log = vision.pretrain_vision(args.labelled, args.out, cfg.train)
+    scores = log["held_out_scores"]
+    print(
+        f"wrote {args.out} ({log['images']} images, {len(log['labels'])} labels; held out: "
+        f'micro-F1 {scores["micro_f1"]:.3f}); use it with [train] vision_init = "{args.out}"'
+    )
+    return 0
+
+
 def cmd_bootstrap(args) -> int:
     cfg = run_config(args)
     caption_col = args.caption_col or None
     urls.read_url_list(args.urls, args.url_col, caption_col)
-    for path in [args.clean, args.eval, args.truth, args.eval_truth]:
+    for path in [args.clean, args.eval, args.truth, args.eval_truth, args.labelled]:
         if path and not Path(path).is_file():
             raise config_mod.ConfigError(f"file not found: {path}")
     select.check_sources(cfg.select)  # a bad concept list or scorer: now, not after training
@@ -145,7 +158,7 @@ def cmd_bootstrap(args) -> int:
 
     metrics = bootstrap(args.urls, args.clean, args.out, args.eval, args.rounds, args.url_col,
                         caption_col, cfg.to_dict(), args.truth, args.eval_truth,
-                        args.ablate)  # fmt: skip
+                        args.ablate, args.labelled)  # fmt: skip
     print(loop.summary_table(metrics))
     if args.ablate:
         print(
@@ -290,6 +303,12 @@ def parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--config", help="TOML file or preset name ([train] section)")
     t.set_defaults(func=cmd_train)
+    v = sub.add_parser("pretrain-vision", help="pre-train the image encoder on labelled images "
+                       "(BLIP's ImageNet step), for [train] vision_init")  # fmt: skip
+    v.add_argument("--labelled", required=True, help="Parquet with image (bytes) and labels")
+    v.add_argument("--out", required=True, metavar="VISION_DIR")
+    v.add_argument("--config", help="TOML file or preset name ([train] section)")
+    v.set_defaults(func=cmd_pretrain_vision)
     f = sub.add_parser(
         "finetune", help="fine-tune captioner (LM) and filter (ITC+ITM) on clean data"
     )
@@ -305,6 +324,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=1)
     b.add_argument("--truth", help="synthetic world's truth.parquet: noise and filter numbers")
     b.add_argument("--eval-truth", help="synthetic world's eval_truth.parquet: caption truth")
+    b.add_argument("--labelled", help="labelled images (Parquet: image, labels): pre-train the "
+                   "image encoder on them first, as BLIP starts from ImageNet")  # fmt: skip
     b.add_argument("--ablate", action="store_true",
                    help="also train one model per data variant (raw, +filter, +captioner, ...) "
                    "on the same budget and write RUN_DIR/ablation.md")  # fmt: skip

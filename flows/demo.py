@@ -18,7 +18,7 @@ from curation.webserver import Server, routes_from_dir
 from flows.bootstrap import bootstrap
 
 # Sized to finish in about 10 minutes on 2 CPU cores (README, "The built-in demo").
-DEMO_WORLD = {"n_web": 1000, "clean_frac": 0.1, "n_eval": 200, "seed": 0}
+DEMO_WORLD = {"n_web": 1000, "clean_frac": 0.1, "n_eval": 200, "n_labelled": 4000, "seed": 0}
 DEMO_CONFIG = {
     "sharding": {"shard_size": 500},
     "download": {"allow_private_network": True, "timeout": 10},
@@ -50,7 +50,8 @@ def demo(out: str | Path, ablate: bool = False) -> int:
         run_dir = out / ("run-ablate" if ablate else "run")  # its config differs: own folder
         metrics = bootstrap(str(urls), str(world.clean), str(run_dir), eval_set=str(world.eval),
                             rounds=1, config=config, truth=str(world.truth),
-                            eval_truth=str(world.eval_truth), ablate=ablate)  # fmt: skip
+                            eval_truth=str(world.eval_truth), ablate=ablate,
+                            labelled=str(world.labelled))  # fmt: skip
     finally:
         server.close()
     print(loop.summary_table(metrics))

@@ -39,6 +39,7 @@ batch_size = 8
 warmup = 2
 finetune_epochs = 2
 checkpoint_every = 3
+vision_epochs = 2
 """
 METRICS = {"i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "bleu4", "cider", "caption_true"}
 
@@ -72,7 +73,7 @@ def world_loop(tmp_path_factory, tiny_models, prefect_harness):
         return ["bootstrap", "--urls", str(root / "urls.parquet"), "--clean", str(world.clean),
                 "--eval", str(world.eval), "--out", str(out), "--config", str(root / "cfg.toml"),
                 "--truth", str(world.truth), "--eval-truth", str(world.eval_truth),
-                "--allow-private-network"]  # fmt: skip
+                "--labelled", str(world.labelled), "--allow-private-network"]  # fmt: skip
 
     reference = root / "reference"
     assert cli.main(argv(reference)) == 0
@@ -93,6 +94,10 @@ def test_bootstrap_writes_a_complete_metrics_file(world_loop):
     for model in ("round0/model", "round1/finetuned", "round1/model"):
         for part in ("captioner", "filter", "scorer"):
             assert (out / model / part / "model.safetensors").is_file()
+    for model in ("round0/model", "round1/model"):  # both start from the labelled-set encoder
+        log = json.loads((out / model / "train_log.json").read_text())
+        assert log["config"]["vision_init"] == str(out / "vision")
+    assert (out / "vision" / "model.safetensors").is_file()
 
 
 def without_timings(metrics_file: Path) -> dict:

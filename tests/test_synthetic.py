@@ -35,7 +35,7 @@ def _sha(data: bytes) -> str:
 def test_same_seed_same_world_other_seed_other_world(tmp_path):
     worlds = [syn.write_world(tmp_path / d, n_web=30, n_eval=5, seed=s) for d, s in
               (("a", 3), ("b", 3), ("c", 4))]  # fmt: skip
-    for name in ("web", "truth", "clean", "eval", "eval_truth"):
+    for name in ("web", "truth", "clean", "eval", "eval_truth", "labelled"):
         a, b = (pq.read_table(getattr(w, name)) for w in worlds[:2])
         assert a.equals(b), name
     for i in range(30):
@@ -80,6 +80,26 @@ def test_clean_and_eval_are_disjoint_from_web_and_each_other(world):
     evals = {_sha(r["image"]) for r in _read(world.eval)}
     assert len(clean) == 30 and len(evals) == 40
     assert not (web & clean) and not (web & evals) and not (clean & evals)
+
+
+def test_labelled_set_is_disjoint_and_leaves_the_other_sets_alone(world, tmp_path):
+    labelled = _read(world.labelled)
+    assert len(labelled) == 600  # 2 x n_web by default
+    images = {_sha(r["image"]) for r in labelled}
+    others = {_sha(r["image"]) for r in _read(world.clean) + _read(world.eval)}
+    others |= {_sha((world.root / r["file"]).read_bytes()) for r in _read(world.web)}
+    assert len(images) == 600 and not images & others
+    small = syn.write_world(tmp_path, n_web=300, clean_frac=0.1, n_eval=40, seed=0, n_labelled=7)
+    for name in ("web", "truth", "clean", "eval", "eval_truth"):
+        assert pq.read_table(getattr(small, name)).equals(pq.read_table(getattr(world, name)))
+    assert len(_read(small.labelled)) == 7
+
+
+def test_labels_are_the_object_classes_of_the_scene(world):
+    assert syn.object_labels(SCENE) == ["blue", "blue square", "circle", "red", "red circle",
+                                        "square"]  # fmt: skip
+    combos = Counter(x for r in _read(world.labelled) for x in r["labels"] if " " in x)
+    assert len(combos) == 80 and min(combos.values()) >= 5  # uniform: every class well seen
 
 
 def test_clean_format_has_two_or_three_true_captions_per_image(world):
