@@ -65,9 +65,9 @@ def truth_metrics(web_run: Path, capfilt_run: Path, truth_parquet: Path) -> dict
     raw = con.execute(sql.load("bootstrap_raw_texts")).fetchall()
     raw_noisy = [truth[_file_of(url)]["is_noisy"] for url, _ in raw]
     texts = sql.connect(capfilt_run).execute(sql.load("bootstrap_scored_texts")).fetchall()
-    web = {_file_of(url): kept for url, source, _, kept, _ in texts if source == "web"}
+    web = {_file_of(url): kept for url, source, _, kept, *_ in texts if source == "web"}
     kept_texts, synthetic_true = [], []
-    for url, source, text, kept, curated in texts:
+    for url, source, text, kept, curated, _ in texts:
         row = truth[_file_of(url)]
         wrong = row["is_noisy"] if source == "web" else not _true(text, row["scene"])
         if source == "synthetic":

@@ -52,7 +52,7 @@ def _fingerprint(cfg: TrainConfig, images: list[bytes], labels: list[list[str]])
     digest = hashlib.sha256()
     for data, names in zip(images, labels, strict=True):
         digest.update(hashlib.sha256(data or b"").digest() + "\0".join(names).encode() + b"\1")
-    settings = (cfg.size, cfg.seed, cfg.batch_size, cfg.weight_decay, cfg.warmup,
+    settings = (cfg.size, cfg.seed, cfg.vision_batch_size, cfg.weight_decay, cfg.warmup,
                 cfg.vision_epochs, cfg.vision_lr)  # fmt: skip
     return hashlib.sha256(repr((settings, digest.hexdigest())).encode()).hexdigest()
 
@@ -107,14 +107,14 @@ def _train(vision, head, pixels, targets, cfg: TrainConfig, device) -> list[dict
     """AdamW on binary cross-entropy over shuffled batches; the mean loss per log_every steps."""
     params = list(vision.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=cfg.weight_decay)
-    per_epoch = train.steps_per_epoch(len(pixels), cfg.batch_size)
+    per_epoch = train.steps_per_epoch(len(pixels), cfg.vision_batch_size)
     total = per_epoch * cfg.vision_epochs
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.cat([torch.randperm(len(pixels), generator=generator)
                        for _ in range(cfg.vision_epochs + 1)])  # fmt: skip
     log, losses, tick = [], [], time.perf_counter()
     for step in range(total):
-        index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        index = order[step * cfg.vision_batch_size : (step + 1) * cfg.vision_batch_size]
         for group in optimizer.param_groups:
             group["lr"] = train.lr_at(step, total, cfg.vision_lr, cfg.warmup)
         logits = _logits(vision, head, pixels[index].to(device))
@@ -125,7 +125,7 @@ def _train(vision, head, pixels, targets, cfg: TrainConfig, device) -> list[dict
         losses.append(loss.item())
         if (step + 1) % cfg.log_every == 0 or step + 1 == total:
             log.append({"step": step + 1, "of": total, "bce": sum(losses) / len(losses)})
-            rate = cfg.batch_size * len(losses) / (time.perf_counter() - tick)
+            rate = cfg.vision_batch_size * len(losses) / (time.perf_counter() - tick)
             epoch = -(-(step + 1) // per_epoch)
             print(
                 f"[vision] step {step + 1}/{total} epoch {epoch}/{cfg.vision_epochs} "

@@ -251,7 +251,8 @@ def cmd_demo(args) -> int:
     _quiet()
     from flows.demo import demo
 
-    return demo(args.out, args.ablate)
+    overrides = config_mod.read_toml(args.config) if args.config else {}
+    return demo(args.out, args.ablate, overrides)
 
 
 def add_run_options(r: argparse.ArgumentParser) -> None:
@@ -379,6 +380,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--ablate", action="store_true", help="also run the data ablation (bootstrap --ablate)"
     )
+    d.add_argument("--config", help="TOML whose settings replace the demo's (e.g. [train] epochs)")
     d.set_defaults(func=cmd_demo)
     return p
 

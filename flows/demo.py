@@ -14,17 +14,20 @@ import pyarrow.parquet as pq
 from curation import ablate as ablations
 from curation import bootstrap as loop
 from curation import synthetic
+from curation.config import from_dict
 from curation.webserver import Server, routes_from_dir
 from flows.bootstrap import bootstrap
 
 # Sized to finish in about 10 minutes on 2 CPU cores (README, "The built-in demo").
-DEMO_WORLD = {"n_web": 1000, "clean_frac": 0.1, "n_eval": 200, "n_labelled": 4000, "seed": 0}
+DEMO_WORLD = {"n_web": 1000, "clean_frac": 0.1, "n_eval": 200, "n_labelled": 3000, "seed": 0}
 DEMO_CONFIG = {
     "sharding": {"shard_size": 500},
     "download": {"allow_private_network": True, "timeout": 10},
-    "capfilt": {"batch_size": 64, "num_captions": 3, "max_new_tokens": 24},
+    # One synthetic caption per image, as BLIP sampled; 3 made round 1 too slow for 10 minutes.
+    "capfilt": {"batch_size": 64, "num_captions": 1, "max_new_tokens": 24},
     "select": {"metadata": "", "scorer": ""},
-    "train": {"size": "mini"},
+    # Batch 32: with a pre-trained image encoder, ITC gains from the negatives (docs/benchmarks.md)
+    "train": {"size": "mini", "batch_size": 32},
 }
 
 
@@ -35,8 +38,17 @@ def _previous_port(urls: Path) -> int:
     return urlsplit(pq.read_table(urls, columns=["url"])["url"][0].as_py()).port or 0
 
 
-def demo(out: str | Path, ablate: bool = False) -> int:
+def demo_config(overrides: dict) -> dict:
+    """DEMO_CONFIG with the settings of `overrides` (nested sections) in place; checked."""
+    sections = DEMO_CONFIG.keys() | overrides.keys()
+    config = {s: {**DEMO_CONFIG.get(s, {}), **overrides.get(s, {})} for s in sections}
+    from_dict(config)  # a bad setting fails now, not after minutes of training
+    return config
+
+
+def demo(out: str | Path, ablate: bool = False, overrides: dict | None = None) -> int:
     out = Path(out)
+    config = demo_config(overrides or {})
     print(f"[demo] drawing a synthetic web of {DEMO_WORLD['n_web']} images in {out}/world",
           file=sys.stderr)  # fmt: skip
     world = synthetic.write_world(out / "world", **DEMO_WORLD)
@@ -44,7 +56,6 @@ def demo(out: str | Path, ablate: bool = False) -> int:
     server = Server(routes_from_dir(world.images, prefix="/images"), port=_previous_port(urls))
     try:
         pq.write_table(synthetic.url_list(world.root, server.base_url), urls)
-        config = DEMO_CONFIG
         if ablate:  # the balancing rows need the world's concept list
             config = {**config, "select": {**config["select"], "metadata": str(world.concepts)}}
         run_dir = out / ("run-ablate" if ablate else "run")  # its config differs: own folder

@@ -1,6 +1,6 @@
--- Every text the filter scored, with its image's URL, whether it passed the filter, and whether
--- its image ended in the curated output.
-SELECT s.url, t.source, t.text, t.kept, t.outcome = 'curated' AS curated
+-- Every text the filter scored, with its image's URL, whether it passed the filter, whether
+-- its image ended in the curated output, and its ITM probability.
+SELECT s.url, t.source, t.text, t.kept, t.outcome = 'curated' AS curated, t.itm
 FROM texts AS t
 JOIN (SELECT run_id, sample_id, url FROM curated
       UNION ALL

@@ -16,7 +16,7 @@ from test_train import all_weights
 
 from curation import ablate, synthetic
 from curation.webserver import Server, routes_from_dir
-from flows import cli
+from flows import cli, demo
 
 CONFIG = """
 [sharding]
@@ -143,3 +143,14 @@ def test_ablation_trains_one_model_per_variant_on_the_same_budget(world_loop):
     assert rows["+balancing"]["pairs"] <= rows["+captioner+filter"]["pairs"]
     table = (out / "ablation.md").read_text().splitlines()
     assert len(table) == 2 + len(names) and table[2].startswith("| raw web |")
+
+
+def test_demo_settings_can_be_replaced_and_bad_ones_fail_before_any_work(tmp_path, capsys):
+    config = demo.demo_config({"train": {"epochs": 30}})
+    assert config["train"] == {**demo.DEMO_CONFIG["train"], "epochs": 30}
+    assert config["capfilt"] == demo.DEMO_CONFIG["capfilt"]
+    (tmp_path / "bad.toml").write_text('[train]\nepochs = "many"\n')
+    argv = ["demo", "--out", str(tmp_path / "demo"), "--config", str(tmp_path / "bad.toml")]
+    assert cli.main(argv) == 2
+    assert "[train] epochs must be int" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

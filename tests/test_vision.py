@@ -14,7 +14,7 @@ from flows import cli
 
 # 32 px tiny models, 40 epochs over 540 images (1,360 steps): about 7 s on one core; held-out
 # label AUC 0.84-0.85 over seeds 0-2 (10 epochs: 0.61-0.63).
-CFG = TrainConfig(size="tiny", batch_size=16, warmup=5, vision_epochs=40, vision_lr=5e-3,
+CFG = TrainConfig(size="tiny", warmup=5, vision_epochs=40, vision_batch_size=16, vision_lr=5e-3,
                   log_every=50)  # fmt: skip
 
 
@@ -89,7 +89,7 @@ def test_undecodable_images_are_counted_not_raised(labelled, tmp_path):
     good = vision.load_labelled(labelled)
     table = pa.concat_tables([rows, pa.table({"image": good[0][:40], "labels": good[1][:40]})])
     write_parquet(table, tmp_path / "mixed.parquet", schema.LABELLED)
-    cfg = TrainConfig(size="tiny", batch_size=8, warmup=1, vision_epochs=1)
+    cfg = TrainConfig(size="tiny", warmup=1, vision_epochs=1, vision_batch_size=8)
     log = vision.pretrain_vision(tmp_path / "mixed.parquet", tmp_path / "out", cfg)
     assert log["skipped"] == 3 and log["images"] + log["held_out"] == 40
 
