@@ -2,8 +2,8 @@
 
 Reads a finished bootstrap RUN_DIR (e.g. the demo's) and re-applies CapFilt's keep rule (ITM
 probability >= threshold) to the texts its round-R pass scored, judging every text by the
-world's stored truth; no model runs. Images the pass rejected for other reasons (undecodable,
-too small) stay rejected.
+world's stored truth; no model runs. Images the pass rejected for reasons other than the filter
+(a later selection stage, say) are left out.
 
     .venv/bin/python bench/filter_threshold.py demo_run/run demo_run/world/truth.parquet
 """
@@ -23,7 +23,9 @@ def judged_texts(capfilt_run: Path, truth_parquet: Path) -> list[tuple[str, str,
     truth = loop._truth_by_url(truth_parquet)
     rows = sql.connect(capfilt_run).execute(sql.load("bootstrap_scored_texts")).fetchall()
     judged = []
-    for url, source, text, _, _, itm in rows:
+    for url, source, text, _, _, itm, reason in rows:
+        if reason not in (None, "no_matching_text"):
+            continue
         scene = truth[loop._file_of(url)]
         wrong = scene["is_noisy"] if source == "web" else not loop._true(text, scene["scene"])
         kind = scene["kind"] if source == "web" else f"synthetic {'wrong' if wrong else 'true'}"

@@ -67,7 +67,7 @@ def truth_metrics(web_run: Path, capfilt_run: Path, truth_parquet: Path) -> dict
     texts = sql.connect(capfilt_run).execute(sql.load("bootstrap_scored_texts")).fetchall()
     web = {_file_of(url): kept for url, source, _, kept, *_ in texts if source == "web"}
     kept_texts, synthetic_true = [], []
-    for url, source, text, kept, curated, _ in texts:
+    for url, source, text, kept, curated, *_ in texts:
         row = truth[_file_of(url)]
         wrong = row["is_noisy"] if source == "web" else not _true(text, row["scene"])
         if source == "synthetic":

@@ -145,6 +145,19 @@ def test_ablation_trains_one_model_per_variant_on_the_same_budget(world_loop):
     assert len(table) == 2 + len(names) and table[2].startswith("| raw web |")
 
 
+def test_threshold_sweep_agrees_with_the_run_and_keeps_less_as_it_rises(world_loop):
+    from test_bench_smoke import load_script
+
+    root, _, out = world_loop
+    sweep = load_script("filter_threshold")
+    judged = sweep.judged_texts(out / "round1" / "capfilt", root / "world" / "truth.parquet")
+    rows = [sweep.at_threshold(judged, t) for t in (0.0, 0.5, 1.01)]
+    found = json.loads((out / "metrics.json").read_text())["capfilt"]["round1"]
+    assert rows[0]["curated noise %"] == found["curated_noise_pct"]  # the run's threshold is 0
+    assert rows[0]["kept texts"] == found["curated_texts"] >= rows[1]["kept texts"]
+    assert rows[2]["kept texts"] == 0 and rows[2]["clean web kept %"] == 0.0
+
+
 def test_demo_settings_can_be_replaced_and_bad_ones_fail_before_any_work(tmp_path, capsys):
     config = demo.demo_config({"train": {"epochs": 30}})
     assert config["train"] == {**demo.DEMO_CONFIG["train"], "epochs": 30}
