@@ -60,13 +60,8 @@ MAX_IMAGE_PIXELS = CapFiltConfig().max_image_pixels  # the curation run's bomb g
 BUCKET_BATCHES = 16  # batches per window sorted by text length (see batch_indices)
 PREPROCESS_CHUNK = 256  # images per preprocess call: bounds peak memory of the PIL -> tensor step
 # TrainConfig fields that change no weight; left out of the fingerprint that guards a resume.
-NOT_IN_FINGERPRINT = (
-    "checkpoint_every",
-    "log_every",
-    "keep_checkpoints",
-    "vision_epochs",
-    "vision_lr",
-)  # the last two are `curate pretrain-vision`'s, not ours
+VISION_ONLY = ("vision_epochs", "vision_batch_size", "vision_lr")  # `curate pretrain-vision`'s
+NOT_IN_FINGERPRINT = ("checkpoint_every", "log_every", "keep_checkpoints", *VISION_ONLY)
 PRETRAIN_ONLY = ("size", "epochs", "lr", "vision_init")
 FINETUNE_ONLY = ("finetune_epochs", "finetune_lr")
 
@@ -705,6 +700,10 @@ def check_config(cfg: TrainConfig) -> None:
         (0.0 <= cfg.label_smoothing < 1.0, "[train] label_smoothing must be in [0, 1)"),
         (cfg.checkpoint_every >= 1 and cfg.log_every >= 1, "[train] *_every must be >= 1"),
         (cfg.warmup >= 0 and cfg.max_text_tokens >= 4, "[train] warmup/max_text_tokens too small"),
+        (
+            min(cfg.vision_epochs, cfg.vision_batch_size) >= 1 and cfg.vision_lr > 0,
+            "[train] vision_epochs and vision_batch_size must be >= 1, vision_lr > 0",
+        ),
     ]
     for ok, message in checks:
         if not ok:

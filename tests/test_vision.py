@@ -84,6 +84,13 @@ def test_other_sizes_and_unfinished_folders_are_refused(encoder, tmp_path):
         train.build_models(TrainConfig(size="tiny", vision_init=str(tmp_path)))
 
 
+def test_settings_that_cannot_train_fail_before_any_work(labelled, tmp_path):
+    for bad in (dict(vision_epochs=0), dict(vision_batch_size=0), dict(vision_lr=0.0)):
+        with pytest.raises(ConfigError, match="vision_"):
+            vision.pretrain_vision(labelled, tmp_path / "out", TrainConfig(size="tiny", **bad))
+    assert not (tmp_path / "out").exists()
+
+
 def test_undecodable_images_are_counted_not_raised(labelled, tmp_path):
     rows = pa.table({"image": [b"not an image"] * 3, "labels": [["red"]] * 3})
     good = vision.load_labelled(labelled)
