@@ -52,6 +52,23 @@ def _file_of(url: str) -> str:
     return "/".join(url.rsplit("/", 2)[-2:])
 
 
+def judged_texts(capfilt_run: Path, truth_parquet: Path) -> list[dict]:
+    """Every text a CapFilt pass scored, judged by the world's stored truth: its image `file`,
+    `source`, `kind` (the web text's noise kind, or "synthetic true" / "synthetic wrong"),
+    `wrong` (false of its image), `kept`, `curated`, `itm` and its image's reject `reason`."""
+    truth = _truth_by_url(truth_parquet)
+    rows = sql.connect(capfilt_run).execute(sql.load("bootstrap_scored_texts")).fetchall()
+    judged = []
+    for url, source, text, kept, curated, itm, reason in rows:
+        file = _file_of(url)
+        scene = truth[file]
+        wrong = scene["is_noisy"] if source == "web" else not _true(text, scene["scene"])
+        kind = scene["kind"] if source == "web" else f"synthetic {'wrong' if wrong else 'true'}"
+        judged.append({"file": file, "source": source, "kind": kind, "wrong": wrong,
+                       "kept": kept, "curated": curated, "itm": itm, "reason": reason})  # fmt: skip
+    return judged
+
+
 def truth_metrics(web_run: Path, capfilt_run: Path, truth_parquet: Path) -> dict:
     """What the synthetic world's stored truth says about a CapFilt pass.
 
@@ -61,25 +78,18 @@ def truth_metrics(web_run: Path, capfilt_run: Path, truth_parquet: Path) -> dict
     and the share of synthetic captions fully true of their scene.
     """
     truth = _truth_by_url(truth_parquet)
-    con = sql.connect(web_run)
-    raw = con.execute(sql.load("bootstrap_raw_texts")).fetchall()
+    raw = sql.connect(web_run).execute(sql.load("bootstrap_raw_texts")).fetchall()
     raw_noisy = [truth[_file_of(url)]["is_noisy"] for url, _ in raw]
-    texts = sql.connect(capfilt_run).execute(sql.load("bootstrap_scored_texts")).fetchall()
-    web = {_file_of(url): kept for url, source, _, kept, *_ in texts if source == "web"}
-    kept_texts, synthetic_true = [], []
-    for url, source, text, kept, curated, *_ in texts:
-        row = truth[_file_of(url)]
-        wrong = row["is_noisy"] if source == "web" else not _true(text, row["scene"])
-        if source == "synthetic":
-            synthetic_true.append(not wrong)
-        if kept and curated:
-            kept_texts.append(wrong)
+    texts = judged_texts(capfilt_run, truth_parquet)
+    web = {t["file"]: t["kept"] for t in texts if t["source"] == "web"}
+    kept_texts = [t["wrong"] for t in texts if t["kept"] and t["curated"]]
+    synthetic_true = [not t["wrong"] for t in texts if t["source"] == "synthetic"]
     return {
-        "raw_noise_pct": _pct(sum(raw_noisy), len(raw_noisy)),
-        "curated_noise_pct": _pct(sum(kept_texts), len(kept_texts)),
+        "raw_noise_pct": pct(sum(raw_noisy), len(raw_noisy)),
+        "curated_noise_pct": pct(sum(kept_texts), len(kept_texts)),
         "curated_texts": len(kept_texts),
         **_web_filter_scores(truth, web, [_file_of(url) for url, _ in raw]),
-        "synthetic_true_pct": _pct(sum(synthetic_true), len(synthetic_true)),
+        "synthetic_true_pct": pct(sum(synthetic_true), len(synthetic_true)),
     }
 
 
@@ -95,13 +105,13 @@ def _web_filter_scores(truth: dict, web_kept: dict, downloaded: list[str]) -> di
     hits = sum(flagged[f] and noisy[f] for f in downloaded)
     clean = [f for f in downloaded if not noisy[f]]
     return {
-        "clean_web_kept_pct": _pct(sum(not flagged[f] for f in clean), len(clean)),
-        "filter_precision_pct": _pct(hits, sum(flagged.values())),
-        "filter_recall_pct": _pct(hits, sum(noisy.values())),
+        "clean_web_kept_pct": pct(sum(not flagged[f] for f in clean), len(clean)),
+        "filter_precision_pct": pct(hits, sum(flagged.values())),
+        "filter_recall_pct": pct(hits, sum(noisy.values())),
     }
 
 
-def _pct(part: int, whole: int) -> float | None:
+def pct(part: int, whole: int) -> float | None:
     return round(100.0 * part / whole, 2) if whole else None
 
 

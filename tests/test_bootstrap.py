@@ -150,7 +150,7 @@ def test_threshold_sweep_agrees_with_the_run_and_keeps_less_as_it_rises(world_lo
 
     root, _, out = world_loop
     sweep = load_script("filter_threshold")
-    judged = sweep.judged_texts(out / "round1" / "capfilt", root / "world" / "truth.parquet")
+    judged = sweep.filter_judged(out / "round1" / "capfilt", root / "world" / "truth.parquet")
     rows = [sweep.at_threshold(judged, t) for t in (0.0, 0.5, 1.01)]
     found = json.loads((out / "metrics.json").read_text())["capfilt"]["round1"]
     assert rows[0]["curated noise %"] == found["curated_noise_pct"]  # the run's threshold is 0
