@@ -121,30 +121,32 @@ class PairData:
     digest: str  # sha256 over all pairs, part of the resume fingerprint
 
 
+def pixels_of(images: list[bytes], processor: BlipProcessor) -> tuple[torch.Tensor, list[int]]:
+    """Decode (`decode_image`, the run's guards) and preprocess images in chunks that bound peak
+    memory: (pixels of the decodable ones (I, 3, H, W), their indices in `images`)."""
+    decoded = [decode_image(data, MIN_IMAGE_SIDE, MAX_IMAGE_PIXELS).image for data in images]
+    ok = [i for i, image in enumerate(decoded) if image is not None]
+    starts = range(0, len(ok), PREPROCESS_CHUNK)
+    chunks = [preprocess(processor, [decoded[i] for i in ok[j : j + PREPROCESS_CHUNK]])
+              for j in starts]  # fmt: skip
+    return (torch.cat(chunks) if chunks else preprocess(processor, [])), ok
+
+
 def prepare_pairs(pairs: Iterable[tuple[bytes, str]], processor: BlipProcessor) -> PairData:
-    """Decode every distinct image once (`decode_image`), preprocess once, index the pairs.
+    """Decode every distinct image once (`pixels_of`), preprocess once, index the pairs.
 
     Undecodable images (and their pairs) are skipped and counted, never raised.
     """
-    row_of: dict[bytes, int] = {}  # image bytes -> pixels row, -1 when it did not decode
     pairs = list(pairs)
-    images, image_of, texts, skipped = [], [], [], 0
-    for data, text in pairs:
-        if data not in row_of:
-            decoded = decode_image(data, MIN_IMAGE_SIDE, MAX_IMAGE_PIXELS).image
-            row_of[data] = -1 if decoded is None else len(images)
-            images += [decoded] if decoded is not None else []
-        if row_of[data] < 0:
-            skipped += 1
-            continue
-        image_of.append(row_of[data])
-        texts.append(text)
-    starts = range(0, len(images), PREPROCESS_CHUNK)
-    chunks = [preprocess(processor, images[i : i + PREPROCESS_CHUNK]) for i in starts]
-    pixels = torch.cat(chunks) if chunks else preprocess(processor, [])  # (I, 3, H, W)
-    image_index = torch.tensor(image_of, dtype=torch.long)
+    distinct = list(dict.fromkeys(data for data, _ in pairs))
+    pixels, ok = pixels_of(distinct, processor)  # (I, 3, H, W)
+    row_of = {distinct[i]: row for row, i in enumerate(ok)}  # image bytes -> pixels row
+    kept = [(row_of[data], text) for data, text in pairs if data in row_of]
+    image_index = torch.tensor([row for row, _ in kept], dtype=torch.long)
+    texts = [text for _, text in kept]
     text_ids: dict[str, int] = {}
     text_index = torch.tensor([text_ids.setdefault(t, len(text_ids)) for t in texts])
+    skipped = len(pairs) - len(kept)
     return PairData(pixels, image_index, text_index, texts, skipped, pairs_digest(pairs))
 
 

@@ -30,9 +30,8 @@ from transformers import BlipVisionModel
 
 from curation import train
 from curation.config import ConfigError, TrainConfig
-from curation.images import decode_image
 from curation.io import write_json
-from curation.models import pick_device, preprocess
+from curation.models import pick_device
 
 HELD_OUT_EVERY = 10  # every 10th image is held out to measure the encoder, never trained on
 LOG_FILE = "vision_log.json"  # written last: marks the folder finished
@@ -59,14 +58,12 @@ def _fingerprint(cfg: TrainConfig, images: list[bytes], labels: list[list[str]])
 
 def _decode(images: list[bytes], labels: list[list[str]], processor):
     """(pixels, targets, vocabulary, skipped): undecodable images counted, not raised."""
-    decoded = [decode_image(b, train.MIN_IMAGE_SIDE, train.MAX_IMAGE_PIXELS).image for b in images]
-    keep = [i for i, image in enumerate(decoded) if image is not None]
+    pixels, keep = train.pixels_of(images, processor)
     vocab = sorted({name for i in keep for name in labels[i]})
     targets = torch.zeros(len(keep), len(vocab))
     column = {name: j for j, name in enumerate(vocab)}
     for row, i in enumerate(keep):
         targets[row, [column[name] for name in labels[i]]] = 1.0
-    pixels = preprocess(processor, [decoded[i] for i in keep])
     return pixels, targets, vocab, len(images) - len(keep)
 
 
