@@ -2,7 +2,7 @@
 
 Two timings over the same images, batch size and number of captions, in the same process:
 
-- whole stage: `curation.capfilt.capfilt_shard` on a RAW table of JPEG bytes, i.e. decode,
+- whole stage: `curation.pipeline.capfilt.capfilt_shard` on a RAW table of JPEG bytes, i.e. decode,
   preprocess, caption generation, ITM/ITC scoring and judging, as a run does it;
 - models only: the same model calls (`capfilt._score_batch`, which the stage itself times as
   `model_seconds`) on batches decoded and preprocessed beforehand and already on the device.
@@ -14,8 +14,8 @@ checks that their outputs agree. A warm-up pass over one batch runs before any t
 
 Images are JPEGs of synthetic scenes with photo-like noise (so decoding is real work), drawn
 here: the script needs no data beside the project. Models are random-weight BLIP checkpoints
-from `curation.tiny.save_blip_checkpoints`, or, with `--size large`, BLIP-large's architecture
-(ViT-L/16 at 384 px, BERT-base text) built from `BlipConfig` (written only when asked).
+from `curation.models.tiny.save_blip_checkpoints`, or, with `--size large`, BLIP-large's
+architecture (ViT-L/16 at 384 px, BERT-base text) built from `BlipConfig` (written only when asked).
 
     .venv/bin/python bench/capfilt_throughput.py                         # small, CPU
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/capfilt_throughput.py   # busy shared CPU
@@ -49,8 +49,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from curation import capfilt, models, schema, synthetic, tiny  # noqa: E402
+from curation import schema  # noqa: E402
 from curation.config import CapFiltConfig  # noqa: E402
+from curation.models import blip as models
+from curation.models import tiny  # noqa: E402
+from curation.pipeline import capfilt
+from curation.world import synthetic
 
 SIZES = (*tiny.PRESETS, "large")
 # BLIP-large's vision tower (Salesforce/blip-image-captioning-large, blip-itm-large-coco):
@@ -132,7 +136,7 @@ def raw_table(jpegs: list[bytes]) -> pa.Table:
 def save_large_checkpoints(out_dir: Path) -> tuple[Path, Path]:
     """BLIP-large captioner and filter with random weights, in save_pretrained format.
 
-    `curation.tiny` has no large preset; this builds it from BlipConfig's defaults with the
+    `curation.models.tiny` has no large preset; this builds it from BlipConfig's defaults with the
     vision tower set to ViT-L/16 at 384 px and the text side fitted to data/tokenizer.
     """
     from transformers import (

@@ -2,7 +2,7 @@
 
 Compares, in one run and on one core: (a) MetaCLIP's reference loop (one sub-string test per
 entry per text; timed on a sample and scaled), (b) per-text Aho-Corasick with pyahocorasick
-(MetaCLIP's newer code) and (c) ``curation.concepts.ConceptMatcher``. Prints texts/second,
+(MetaCLIP's newer code) and (c) ``curation.pipeline.concepts.ConceptMatcher``. Prints texts/second,
 speedups, build times, memory and whether the outputs are identical ((c) vs (a) on the sample,
 (c) vs (b) on every text). Exit status 1 if any output differs.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from curation.concepts import (  # noqa: E402
+from curation.pipeline.concepts import (  # noqa: E402
     AhoCorasickMatcher,
     ConceptMatcher,
     csr_to_lists,

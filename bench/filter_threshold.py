@@ -2,7 +2,7 @@
 
 Reads a finished bootstrap RUN_DIR (e.g. the demo's) and re-applies CapFilt's keep rule (ITM
 probability >= threshold) to the texts its round-R pass scored, judging every text by the
-world's stored truth (`curation.bootstrap.judged_texts`); no model runs. Images the pass
+world's stored truth (`curation.training.bootstrap.judged_texts`); no model runs. Images the pass
 rejected for reasons other than the filter (a later selection stage, say) are left out.
 
     .venv/bin/python bench/filter_threshold.py demo_run/run demo_run/world/truth.parquet
@@ -11,7 +11,7 @@ rejected for reasons other than the filter (a later selection stage, say) are le
 import argparse
 from pathlib import Path
 
-from curation import bootstrap as loop
+from curation.training import bootstrap as loop
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 

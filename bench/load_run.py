@@ -1,6 +1,6 @@
 """Load: a 100,000-pair synthetic run through the real `curate run`, with each stage's throughput.
 
-Draws a synthetic web (curation.synthetic) of `--pairs` images, serves it on a loopback HTTP
+Draws a synthetic web (curation.world.synthetic) of `--pairs` images, serves it on a loopback HTTP
 server, writes tiny BLIP checkpoints and runs `curate run ... --allow-private-network` in a
 subprocess (the process tree's peak memory sampled as in memory_scaling.py). Then it reads the
 run's completion markers and prints, per stage, the rows it handled, the seconds its shards
@@ -24,7 +24,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from memory_scaling import measured_run, prepare  # noqa: E402
 
-from curation import synthetic, webserver  # noqa: E402
+from curation.world import (
+    synthetic,
+    webserver,  # noqa: E402
+)
 
 STEPS = ("download", "capfilt", "annotate", "select")
 

@@ -1,7 +1,8 @@
 """Peak memory of `curate run` at 1x and 10x the shards: a run's memory must not grow with its size.
 
-Draws a synthetic web (curation.synthetic) of 10x the rows, serves it on a loopback HTTP server
-(curation.webserver), writes tiny BLIP checkpoints (curation.tiny), then runs the real command
+Draws a synthetic web (curation.world.synthetic) of 10x the rows, serves it on a loopback HTTP
+server (curation.world.webserver), writes tiny BLIP checkpoints (curation.models.tiny), then runs
+the real command
 line (`curate run ... --allow-private-network`) in a subprocess twice: on the first
 SHARDS x SHARD_SIZE rows, then on 10x as many (same shard size, so 10x the shards).
 
@@ -35,7 +36,11 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from curation import synthetic, tiny, webserver  # noqa: E402
+from curation.models import tiny
+from curation.world import (
+    synthetic,
+    webserver,  # noqa: E402
+)
 
 CURATE = Path(sys.executable).with_name("curate")  # the console script of this venv
 # Light CapFilt settings: the bench measures memory, not captions. Selection keeps its defaults

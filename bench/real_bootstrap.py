@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation import schema
-from curation.webserver import Server, routes_from_dir
+from curation.world.webserver import Server, routes_from_dir
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

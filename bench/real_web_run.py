@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from curation import tiny, webserver  # noqa: E402
+from curation.models import tiny
+from curation.world import webserver  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cc3m-6k"
 CURATE = Path(sys.executable).with_name("curate")  # the console script of this venv

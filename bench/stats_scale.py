@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curation import io, schema, stats
+from curation import io, schema
+from curation.outputs import stats
 
 SHARD = 100_000
 WORDS = np.array(["dog", "cat", "red", "car", "tree", "sky", "beach", "house", "man", "city"])

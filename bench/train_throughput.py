@@ -3,7 +3,8 @@
     python bench/train_throughput.py --preset small --batch-size 32 --steps 30
     python bench/train_throughput.py --preset base --batch-size 64   # BLIP-base sizes, GPU
 
-Runs `curation.train.pretrain` from scratch (captioner and filter sharing one image encoder)
+Runs `curation.training.train.pretrain` from scratch (captioner and filter sharing one image
+encoder)
 on synthetic-world images at the preset's resolution with true captions, and reads the
 training log's per-step rates after a few warm-up steps. Prints the device,
 dtype (bf16 autocast on CUDA, float32 on CPU), preset, batch size, and the median and best
@@ -21,7 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curation import synthetic, tiny, train  # noqa: E402
+from curation.models import tiny
+from curation.training import train  # noqa: E402
+from curation.world import synthetic
 
 
 def make_pairs(n: int, side: int, seed: int = 0) -> list[tuple[bytes, str]]:

@@ -10,9 +10,6 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curation.select import SelectConfig  # [select] lives beside its stage
-from curation.select import check as check_select
-
 PRESET_DIR = Path(__file__).resolve().parent.parent / "data" / "presets"
 
 CAPTIONER_DEFAULT = "Salesforce/blip-image-captioning-large"
@@ -58,11 +55,55 @@ class CapFiltConfig:
     seed: int = 0  # caption sampling seed
 
 
+ORDERS = ("score_then_balance", "balance_then_score")  # [select] order
+
+
+@dataclass
+class SelectConfig:
+    """``[select]``: DFN scoring and MetaCLIP balancing of the images that passed CapFilt."""
+
+    # DFN scorer: CLIP hub id/folder or a BLIP retrieval checkpoint; "" = no scoring. Off by
+    # default: the right scorer is one trained on your clean data (DFN's finding), and a
+    # second filter after CapFilt drops 70% of its output at the DataComp setting below.
+    scorer: str = ""
+    # Keep this top fraction of the pool by score: DataComp's CLIP-score baseline keeps 0.3
+    # (OpenAI ViT-L/14), DFN kept 0.15.
+    score_keep_fraction: float = 0.3
+    # Absolute cosine threshold instead of the fraction; -1 (every cosine passes) = unused.
+    min_score: float = -1.0
+    # Concept list: a file (.txt one entry a line, or MetaCLIP's metadata.json), or a name in
+    # data/metadata/ ("default": 6,388 entries built from CC3M captions); "" = no balancing.
+    metadata: str = "default"
+    t: int = 0  # MetaCLIP's per-entry cap (20k for 400M pairs); 0 = derive it from tail_share
+    # MetaCLIP 2's way to size t for any pool: the share of matches left to the tail (entries
+    # with count < t); 0.1 is the default of MetaCLIP's own p_to_t.
+    tail_share: float = 0.1
+    casefold: bool = False  # MetaCLIP matches case-sensitively
+    order: str = "score_then_balance"  # or "balance_then_score"
+    seed: int = 0  # balancing draws: a hash of (seed, sample key, entry)
+    batch_size: int = 64  # images per scorer call
+    num_workers: int = 1  # threads decoding and preprocessing ahead of the scorer (0: inline)
+
+
+def check_select(cfg: SelectConfig) -> list[str]:
+    """Problems of ``cfg``'s values, one line each (empty when fine); no file access."""
+    checks = [
+        (0.0 < cfg.score_keep_fraction <= 1.0, "[select] score_keep_fraction must be in (0, 1]"),
+        (-1.0 <= cfg.min_score <= 1.0, "[select] min_score must be in [-1, 1] (-1: unused)"),
+        (cfg.t >= 0, "[select] t must be >= 0 (0: derive it from tail_share)"),
+        (0.0 < cfg.tail_share <= 1.0, "[select] tail_share must be in (0, 1]"),
+        (cfg.order in ORDERS, f"[select] order must be one of {', '.join(ORDERS)}"),
+        (cfg.batch_size >= 1, "[select] batch_size must be >= 1"),
+        (cfg.num_workers >= 0, "[select] num_workers must be >= 0"),
+    ]  # fmt: skip
+    return [message for ok, message in checks if not ok]
+
+
 @dataclass
 class TrainConfig:
     """Hyperparameters of `pretrain` and `finetune` (the `[train]` section of a run config).
 
-    Defaults are measured on the synthetic world (`curation.synthetic.write_world`, 2,000 web
+    Defaults are measured on the synthetic world (`curation.world.synthetic.write_world`, 2,000 web
     images of 64-96 px) with the "small" preset on 2 CPU cores; BLIP's own values are noted.
     """
 

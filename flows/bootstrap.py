@@ -13,11 +13,13 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from curation import ablate as ablations
-from curation import bootstrap as loop
-from curation import evaluate as evaluation
-from curation import io, run, select, train, vision
+from curation import io
 from curation.config import from_dict
+from curation.pipeline import run, select
+from curation.training import ablate as ablations
+from curation.training import bootstrap as loop
+from curation.training import evaluate as evaluation
+from curation.training import train, vision
 from flows.curate import curate
 
 
@@ -91,7 +93,7 @@ def _capfilt_pass(
 def _ablation(
     urls, out: Path, url_col, caption_col, config: dict, eval_set: str, eval_truth: str | None
 ) -> list[dict]:
-    """One model per data variant (curation.ablate), trained on the same example budget."""
+    """One model per data variant (curation.training.ablate), trained on the same example budget."""
     cfg = from_dict(config)
     matcher = select.load_matcher(cfg.select)
     raw_texts = [text for _, text in train.pairs_from_raw(out / "web")]
@@ -145,7 +147,8 @@ def bootstrap(
     `truth` (the synthetic world's truth.parquet) adds noise and filter numbers to each CapFilt
     pass; `eval_truth` (its eval_truth.parquet) adds the share of true generated captions.
     `ablate` adds RUN_DIR/ablation.json and ablation.md: one model per data variant
-    (curation.ablate), with round 1's fine-tuned models; it needs `eval_set` and a concept list.
+    (curation.training.ablate), with round 1's fine-tuned models; it needs `eval_set` and a concept
+    list.
     `labelled` (a LABELLED parquet) pre-trains an image encoder first, into RUN_DIR/vision, and
     every from-scratch pre-training starts from it (BLIP's ImageNet ViT).
     """

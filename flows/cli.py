@@ -13,7 +13,9 @@ from pathlib import Path
 import duckdb
 
 from curation import config as config_mod
-from curation import select, sql, stats, urls
+from curation import sql
+from curation.outputs import stats
+from curation.pipeline import select, urls
 
 # Errors that mean "fix your command": one line, exit code 2, before any work. Every such error
 # of the library (bad URL list, model source, run dir, predicate...) is a ConfigError.
@@ -46,7 +48,7 @@ def run_config(args) -> config_mod.RunConfig:
 
 def checked_run_config(args) -> tuple[config_mod.RunConfig, str | None]:
     """The run's configuration and caption column, every input checked now, not in a task."""
-    from curation import models
+    from curation.models import blip as models
 
     cfg = run_config(args)
     caption_col = args.caption_col or None
@@ -109,7 +111,7 @@ def cmd_schedule(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from curation import train
+    from curation.training import train
 
     cfg = config_mod.load(args.config)
     pairs = train.pairs_from_curated(args.shards)
@@ -121,7 +123,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from curation import train
+    from curation.training import train
 
     cfg = config_mod.load(args.config)
     train.finetune(train.pairs_from_clean(args.clean), args.init, args.out, cfg.train)
@@ -130,7 +132,7 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_pretrain_vision(args) -> int:
-    from curation import vision
+    from curation.training import vision
 
     cfg = config_mod.load(args.config)
     log = vision.pretrain_vision(args.labelled, args.out, cfg.train)
@@ -153,7 +155,7 @@ def cmd_bootstrap(args) -> int:
     if args.ablate:
         check_ablation(args, cfg)
     _quiet()
-    from curation import bootstrap as loop
+    from curation.training import bootstrap as loop
     from flows.bootstrap import bootstrap
 
     metrics = bootstrap(args.urls, args.clean, args.out, args.eval, args.rounds, args.url_col,
@@ -211,7 +213,7 @@ def cmd_sql(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from curation import run
+    from curation.pipeline import run
 
     rows = [run.summary(d) for d in sorted(Path(args.out_root).iterdir()) if run.is_run(d)]
     columns = ["run", "status", "input", "curated", "rejected", "seconds"]
@@ -220,7 +222,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from curation import export as export_mod
+    from curation.outputs import export as export_mod
 
     manifest = export_mod.export(args.run_dir, args.out, args.where, args.format,
                                  args.shard_size, args.caption)  # fmt: skip
@@ -230,14 +232,14 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from curation import report as report_mod
+    from curation.outputs import report as report_mod
 
     print(report_mod.write_report(args.run_dir, args.out))
     return 0
 
 
 def cmd_metadata_build(args) -> int:
-    from curation import concepts
+    from curation.pipeline import concepts
 
     entries = concepts.build_metadata_file(
         args.corpus, args.out, args.min_count, args.min_pmi, args.extra,

@@ -26,8 +26,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
-from curation import run
 from curation.config import from_dict
+from curation.pipeline import run
 from flows.progress import Progress
 
 

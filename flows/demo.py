@@ -1,6 +1,6 @@
 """`curate demo`: BLIP's loop on a synthetic web whose truth is known, end to end, offline.
 
-Draws a small world (curation.synthetic), serves its web over loopback, and runs one round of
+Draws a small world (curation.world.synthetic), serves its web over loopback, and runs one round of
 `curate bootstrap`: pre-train on the raw web, fine-tune on the clean set, CapFilt the web,
 pre-train again on the curated data; then prints round 0 vs round 1 and what CapFilt removed.
 """
@@ -11,11 +11,11 @@ from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 
-from curation import ablate as ablations
-from curation import bootstrap as loop
-from curation import synthetic
 from curation.config import from_dict
-from curation.webserver import Server, routes_from_dir
+from curation.training import ablate as ablations
+from curation.training import bootstrap as loop
+from curation.world import synthetic
+from curation.world.webserver import Server, routes_from_dir
 from flows.bootstrap import bootstrap
 
 # Sized to finish in about 10 minutes on 2 CPU cores (README, "The built-in demo").

@@ -54,7 +54,7 @@ def closed_port() -> int:
 
 @pytest.fixture(scope="session")
 def web():
-    from curation.webserver import Routes, Server
+    from curation.world.webserver import Routes, Server
 
     server = Server(Routes(hostile_web()))
     yield server
@@ -64,7 +64,7 @@ def web():
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """(captioner_dir, filter_dir): tiny random BLIP checkpoints saved with save_pretrained."""
-    from curation.tiny import save_blip_checkpoints
+    from curation.models.tiny import save_blip_checkpoints
 
     return save_blip_checkpoints(tmp_path_factory.mktemp("tiny"), size="tiny", seed=0)
 

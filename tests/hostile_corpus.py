@@ -279,7 +279,7 @@ GUARDS = [
 
 
 def routes() -> dict[str, tuple]:
-    """path -> server answer for every WEB case that has one (curation.webserver.Routes)."""
+    """path -> server answer for every WEB case that has one (curation.world.webserver.Routes)."""
     from urllib.parse import quote
 
     # The server sees the path as sent: percent-encoded, as download.fetchable sends it.

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from curation.balance import (
+from curation.pipeline.balance import (
     count_matches,
     entry_probabilities,
     gini,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from curation import urls
+from curation.pipeline import urls
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 

@@ -14,8 +14,9 @@ import pytest
 from conftest import run_cli_until
 from test_train import all_weights
 
-from curation import ablate, synthetic
-from curation.webserver import Server, routes_from_dir
+from curation.training import ablate
+from curation.world import synthetic
+from curation.world.webserver import Server, routes_from_dir
 from flows import cli, demo
 
 CONFIG = """

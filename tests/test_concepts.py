@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.concepts import (
+from curation.pipeline.concepts import (
     AhoCorasickMatcher,
     ConceptMatcher,
     as_list_array,

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli_until
 
-from curation import synthetic
-from curation.webserver import Server, routes_from_dir
+from curation.world import synthetic
+from curation.world.webserver import Server, routes_from_dir
 from flows import cli
 
 CONFIG = """

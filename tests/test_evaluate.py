@@ -3,9 +3,10 @@
 import pyarrow as pa
 import pytest
 
-from curation import evaluate, synthetic, train
 from curation.io import write_parquet
-from curation.train import TrainConfig
+from curation.training import evaluate, train
+from curation.training.train import TrainConfig
+from curation.world import synthetic
 
 RED = synthetic.Scene("white", (synthetic.Obj("circle", "red", "large", "center"),))
 BLUE = synthetic.Scene("black", (synthetic.Obj("star", "blue", "small", "top left"),))

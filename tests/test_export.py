@@ -16,8 +16,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from curation import export as ex
 from curation import schema, sql
+from curation.outputs import export as ex
 
 HOSTILE = "\"><img src=http://evil.example/x.png onerror=alert(1)><script>alert('x')</script>"
 

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation import run, sql
+from curation import sql
+from curation.pipeline import run
 from flows import cli
 
 
@@ -92,7 +93,7 @@ def test_a_different_url_list_in_the_same_run_dir_is_refused(curated_run, tmp_pa
 def test_private_network_refused_by_default(tmp_path, web):
     table = pa.table({"sample_id": [0], "url": [web.base_url + "/good.jpg"], "web_text": ["x"]})
     from curation.config import DownloadConfig
-    from curation.download import download_shard
+    from curation.pipeline.download import download_shard
 
     raw = download_shard(table.cast(run.schema.INPUT), DownloadConfig())
     assert raw["status"].to_pylist() == ["blocked_address"]

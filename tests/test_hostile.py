@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from curation import models, urls
+from curation.models import blip as models
+from curation.pipeline import urls
 from flows import cli
 
 ROOT = Path(__file__).resolve().parent.parent

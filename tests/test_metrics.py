@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from curation.metrics import bleu4, cider_d, retrieval_recall, tokenize
+from curation.training.metrics import bleu4, cider_d, retrieval_recall, tokenize
 
 
 def test_perfect_retrieval_is_100_with_several_texts_per_image():

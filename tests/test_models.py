@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from curation import models, tiny
+from curation.models import blip as models
+from curation.models import tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")

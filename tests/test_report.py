@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_export import HOSTILE, make_run
 
-from curation import report
+from curation.outputs import report
 
 
 class Tags(HTMLParser):

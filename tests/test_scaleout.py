@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curation.webserver import Routes, Server
+from curation.world.webserver import Routes, Server
 from flows import cli
 
 

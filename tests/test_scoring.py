@@ -7,7 +7,9 @@ import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
-from curation import models, scoring, tiny
+from curation.models import blip as models
+from curation.models import scorer as scoring
+from curation.models import tiny
 
 CPU = torch.device("cpu")
 TEXTS = ["a red circle", "", "free shipping click here", "two blue stars on a green field"]

@@ -14,9 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from curation import balance, scoring, select, sql, tiny
-from curation.concepts import ConceptMatcher
-from curation.select import SelectConfig
+from curation import config, sql
+from curation.config import SelectConfig
+from curation.models import scorer as scoring
+from curation.models import tiny
+from curation.pipeline import balance, select
+from curation.pipeline.concepts import ConceptMatcher
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORE_ONLY = SelectConfig(scorer="a-scorer", metadata="")  # the plan never loads the scorer
@@ -56,10 +59,10 @@ def test_config_defaults_and_checks():
     cfg = SelectConfig()
     assert (cfg.scorer, cfg.score_keep_fraction, cfg.metadata, cfg.t) == ("", 0.3, "default", 0)
     assert cfg.min_score == -1.0 and cfg.order == "score_then_balance"
-    assert select.check(cfg) == []
+    assert config.check_select(cfg) == []
     bad = SelectConfig(score_keep_fraction=0.0, min_score=2.0, t=-1, tail_share=0.0, order="x")
-    assert len(select.check(bad)) == 5
-    assert all(m.startswith("[select] ") for m in select.check(bad))
+    assert len(config.check_select(bad)) == 5
+    assert all(m.startswith("[select] ") for m in config.check_select(bad))
 
 
 def test_metadata_resolves_names_and_files(tmp_path):
@@ -224,7 +227,7 @@ def write_shards(run_dir: Path, table: pa.Table, shard_size: int, seed: int) -> 
         pq.write_table(shuffled.slice(start, shard_size), path)
 
 
-@pytest.mark.parametrize("order", select.ORDERS)
+@pytest.mark.parametrize("order", config.ORDERS)
 def test_decisions_do_not_depend_on_sharding_or_order(tmp_path, order):
     table = pool(n_head=600, n_tail=30, n_none=10)
     cfg = SelectConfig(scorer="a-scorer", metadata="default", t=50, order=order, seed=3)

@@ -5,7 +5,8 @@ import pytest
 from conftest import encode, exif_rotated_jpeg, hostile_web
 from PIL import Image
 
-from curation import capfilt, config, download, images, urls
+from curation import config
+from curation.pipeline import capfilt, download, images, urls
 
 
 def test_invalid_url_schemes_and_malformed_urls():
@@ -136,7 +137,7 @@ def test_metadata_build_cli(tmp_path, capsys):
 
 
 def test_safe_fetch_refuses_private_targets_after_resolution(web):
-    from curation import safe_fetch
+    from curation.pipeline import safe_fetch
 
     guarded = safe_fetch.opener(allow_private=False, max_bytes=10**6)
     with pytest.raises(OSError, match="blocked address"):
@@ -146,7 +147,7 @@ def test_safe_fetch_refuses_private_targets_after_resolution(web):
 
 
 def test_safe_fetch_caps_body_size_and_content_type(web):
-    from curation import safe_fetch
+    from curation.pipeline import safe_fetch
 
     guarded = safe_fetch.opener(allow_private=True, max_bytes=10**6)
     with pytest.raises(OSError, match="larger than"):

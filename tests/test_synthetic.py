@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curation import synthetic as syn
-from curation.synthetic import Mention, Obj, Scene, caption_is_true
+from curation.world import synthetic as syn
+from curation.world.synthetic import Mention, Obj, Scene, caption_is_true
 
 SCENE = Scene(
     "white",

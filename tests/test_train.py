@@ -8,9 +8,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from curation import models, schema, synthetic, tiny, train
+from curation import schema
 from curation.io import write_parquet
-from curation.train import TrainConfig, TrainDirError
+from curation.models import blip as models
+from curation.models import tiny
+from curation.training import train
+from curation.training.train import TrainConfig, TrainDirError
+from curation.world import synthetic
 
 # Tiny models on 81 pairs (30 images): 100 steps in a few seconds on one CPU core. A higher
 # lr and temperature than the CPU defaults, and uniform ITM negatives: what gets a 32-wide

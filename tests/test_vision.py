@@ -7,9 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from curation import schema, synthetic, train, vision
+from curation import schema
 from curation.config import ConfigError, TrainConfig
 from curation.io import write_parquet
+from curation.training import train, vision
+from curation.world import synthetic
 from flows import cli
 
 # 32 px tiny models, 40 epochs over 540 images (1,360 steps): about 7 s on one core; held-out

@@ -9,11 +9,12 @@ table 7). We do the same, small and fast on CPU:
   its top-k with ITM, which this skips (the ITC ranking alone is the scorer's quality too);
 - captioning: the captioner decodes deterministically (beam search, 3 beams, BLIP's COCO
   setting) from the prompt "a picture of", which is stripped, and BLEU-4 and CIDEr-D compare
-  the result with the image's reference captions (`curation.metrics`);
+  the result with the image's reference captions (`curation.training.metrics`);
 - truth: on the synthetic world, the share of generated captions fully true of their scene
   (`synthetic.caption_is_true`), which n-gram metrics cannot measure.
 
-`model_dir` is a folder with `captioner/` and `filter/` as `curation.train` writes them (any
+`model_dir` is a folder with `captioner/` and `filter/` as `curation.training.train` writes them
+(any
 `save_pretrained` checkpoints work).
 """
 
@@ -26,10 +27,8 @@ import pyarrow.parquet as pq
 import torch
 from torch.nn.functional import normalize
 
-from curation import metrics, synthetic
 from curation.config import CapFiltConfig, TrainConfig
-from curation.images import decode_image
-from curation.models import (
+from curation.models.blip import (
     Captioner,
     Filter,
     image_processor_config,
@@ -38,6 +37,9 @@ from curation.models import (
     pick_device,
     preprocess,
 )
+from curation.pipeline.images import decode_image
+from curation.training import metrics
+from curation.world import synthetic
 
 BATCH_SIZE = 64  # images or texts per model call
 MAX_TEXT_TOKENS = TrainConfig().max_text_tokens  # as the models were trained

@@ -10,8 +10,8 @@
 - A response whose Content-Type is neither an image nor a generic binary type is refused.
 
 img2dataset runs its downloads in `spawn`ed worker processes, which import `sitecustomize` at
-start-up; `curation/_fetchguard/sitecustomize.py` calls `install()` there from environment
-variables set by `curation.download`.
+start-up; `curation/pipeline/_fetchguard/sitecustomize.py` calls `install()` there from environment
+variables set by `curation.pipeline.download`.
 """
 
 import http.client

@@ -46,8 +46,8 @@ from PIL import Image
 
 from curation import schema, sql
 from curation.config import CapFiltConfig, ConfigError
-from curation.images import decode_image
 from curation.io import write_json
+from curation.pipeline.images import decode_image
 
 SUFFIX = {"webdataset": "tar", "parquet": "parquet", "jsonl": "jsonl"}  # format -> extension
 CAPTION_MODES = ("chosen", "all")

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from curation import balance, metrics
-from curation.concepts import ConceptMatcher
-from curation.evaluate import eval_pixels, itc_similarity, load_eval_set
-from curation.models import load_filter, pick_device
+from curation.models.blip import load_filter, pick_device
+from curation.pipeline import balance
+from curation.pipeline.concepts import ConceptMatcher
+from curation.training import metrics
+from curation.training.evaluate import eval_pixels, itc_similarity, load_eval_set
 
 TAIL_FRACTION = 0.25  # the rarest quarter (by web count) of the concepts the eval set mentions
 OFF = {"metadata": "", "scorer": ""}

@@ -28,9 +28,9 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from curation import io, sql
 from curation.config import CapFiltConfig, ConfigError
-from curation.export import has_annotations
-from curation.images import decode_image
 from curation.io import shard_name
+from curation.outputs.export import has_annotations
+from curation.pipeline.images import decode_image
 
 # Funnel steps in order: (label, reject reasons that drop rows on the way to it, stage name
 # that does when the reason is unknown). Whatever matches no step drops on the last one.

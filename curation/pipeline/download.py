@@ -23,8 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation import safe_fetch, schema
+from curation import schema
 from curation.config import DownloadConfig
+from curation.pipeline import safe_fetch
 
 GUARD_DIR = Path(__file__).resolve().parent / "_fetchguard"
 # The child dies with its parent (Linux prctl PR_SET_PDEATHSIG): a killed run must not leave a

@@ -20,8 +20,8 @@ import torch
 
 from curation import schema
 from curation.config import CapFiltConfig
-from curation.images import decode_image
-from curation.models import Captioner, Filter, image_processor_config, preprocess
+from curation.models.blip import Captioner, Filter, image_processor_config, preprocess
+from curation.pipeline.images import decode_image
 
 
 @dataclass

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from curation import io, sql, synthetic
+from curation import io, sql
+from curation.world import synthetic
 
 
 def layout(out: Path, round_no: int) -> dict[str, Path]:

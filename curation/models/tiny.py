@@ -20,7 +20,7 @@ from transformers import (
     BlipProcessor,
 )
 
-TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "data" / "tokenizer"
+TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "data" / "tokenizer"
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def save_blip_checkpoints(
     """Write randomly initialised `out_dir/captioner` and `out_dir/filter` checkpoints.
 
     Each folder holds safetensors weights, config.json and the processor files, so
-    `curation.models.load_captioner` / `load_filter` read it like a hub id. Returns the two
+    `curation.models.blip.load_captioner` / `load_filter` read it like a hub id. Returns the two
     paths (captioner, filter). The same seed gives the same weights.
     """
     out = Path(out_dir)

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BlipVisionModel
 
-from curation import train
 from curation.config import ConfigError, TrainConfig
 from curation.io import write_json
-from curation.models import pick_device
+from curation.models.blip import pick_device
+from curation.training import train
 
 HELD_OUT_EVERY = 10  # every 10th image is held out to measure the encoder, never trained on
 LOG_FILE = "vision_log.json"  # written last: marks the folder finished

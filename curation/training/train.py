@@ -2,7 +2,7 @@
 
 BLIP's bootstrapping loop is: pre-train on noisy web pairs -> fine-tune a captioner and a filter
 on a small clean set -> CapFilt the web -> pre-train a new model on the bootstrapped set. This
-module does the two training steps; `curation.capfilt` does the middle one.
+module does the two training steps; `curation.pipeline.capfilt` does the middle one.
 
 - `pretrain` (sec. 3.1-3.2): three objectives, one image encoder shared by all of them:
   ITC (unimodal image and text encoders, contrastive in both directions), ITM (image-grounded
@@ -17,11 +17,11 @@ Simplifications at this scale, all documented departures from the paper: no mome
 no distillation and no feature queue (sec. 3.2 inherits them from ALBEF; the plain in-batch
 loss learns fine on the synthetic world); the text encoder and decoder are two separate models
 (BLIP shares all but the self-attention layers); the ITM pass reads [CLS], not [ENC], because
-`curation.models.Filter.score` (and Hugging Face's `BlipForImageTextRetrieval`) do so. Texts of
+`curation.models.blip.Filter.score` (and Hugging Face's `BlipForImageTextRetrieval`) do so. Texts of
 the same image are treated as positives of each other (BLIP's retrieval fine-tuning, `idx`).
 
 Outputs in OUT_DIR: `captioner/`, `filter/` (save_pretrained safetensors + BlipProcessor, read
-as-is by `curation.models.load_captioner` / `load_filter`), `scorer/` (the filter's weights
+as-is by `curation.models.blip.load_captioner` / `load_filter`), `scorer/` (the filter's weights
 again: a DFN-style scorer (Fang et al. 2023, arXiv 2309.17425) uses its unimodal ITC cosine,
 i.e. `BlipForImageTextRetrieval(..., use_itm_head=False)`, never the ITM head) and
 `train_log.json` (losses per logged step and objective, examples/s), written last: it is the
@@ -48,11 +48,11 @@ from torch import nn
 from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipProcessor
 from transformers.utils import logging as transformers_logging
 
-from curation import tiny
 from curation.config import CapFiltConfig, ConfigError, TrainConfig
-from curation.images import decode_image
 from curation.io import write_json
-from curation.models import pick_device, preprocess
+from curation.models import tiny
+from curation.models.blip import pick_device, preprocess
+from curation.pipeline.images import decode_image
 
 OBJECTIVES = ("itc", "itm", "lm")
 MIN_IMAGE_SIDE = 8  # as CapFiltConfig.min_image_side: smaller images are not training data
@@ -211,7 +211,7 @@ def build_models(
             captioner = BlipForConditionalGeneration(config)
             filt = BlipForImageTextRetrieval(config)
         if cfg.vision_init:
-            from curation import vision  # it trains with this module's helpers
+            from curation.training import vision  # it trains with this module's helpers
 
             vision.load_into(filt, cfg.vision_init)
     else:
@@ -676,7 +676,7 @@ def _fingerprint(kind: str, cfg: TrainConfig, digest: str, init_dir) -> str:
     if kind == "finetune" or init_dir is not None:
         settings["init_dir"] = str(Path(init_dir).resolve())
     elif cfg.vision_init:  # its weights, not its path
-        from curation import vision
+        from curation.training import vision
 
         settings["vision_init"] = vision.finished_fingerprint(cfg.vision_init)
     text = repr((kind, sorted(settings.items()), digest))

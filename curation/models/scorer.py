@@ -16,7 +16,8 @@ Two kinds of checkpoint load here, told apart by the folder's ``config.json`` (`
   score is the cosine of its ITC embeddings (``forward(use_itm_head=False)``), BLIP's own
   contrastive similarity, not the ITM head.
 
-Loading follows ``curation.models``: ``from_pretrained`` with safetensors only and no remote code,
+Loading follows ``curation.models.blip``: ``from_pretrained`` with safetensors only and no remote
+code,
 a hub id (offline: from the local Hugging Face cache) or a ``save_pretrained`` folder, and the
 same one-line ``ModelSourceError`` for a source that cannot load.
 """
@@ -29,7 +30,7 @@ from torch.nn.functional import normalize
 from transformers import AutoConfig, CLIPModel, CLIPProcessor
 from transformers.utils import logging as transformers_logging
 
-from curation import models
+from curation.models import blip as models
 
 BLIP_ITC_MAX_TOKENS = 35  # BLIP truncates texts to 35 tokens in its ITC/ITM code
 DEFAULT_BATCH_SIZE = 64  # pairs per forward pass
@@ -155,7 +156,7 @@ def load_scorer(id_or_dir: str, device: torch.device, dtype: torch.dtype) -> Sco
     """The DFN scorer from a hub id or a ``save_pretrained`` folder, in eval mode on device/dtype.
 
     CLIP: ``CLIPModel`` + ``CLIPProcessor``, texts truncated at the model's position limit
-    (77 for OpenAI's). BLIP retrieval: loaded as ``curation.models.load_filter`` does, texts
+    (77 for OpenAI's). BLIP retrieval: loaded as ``curation.models.blip.load_filter`` does, texts
     truncated at 35 tokens as in BLIP's ITC code.
     """
     if scorer_kind(id_or_dir) == "blip_itc":

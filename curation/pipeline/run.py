@@ -25,8 +25,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from curation import capfilt, download, io, models, schema, scoring, select, urls
-from curation.config import ConfigError, RunConfig, from_dict
+from curation import io, schema
+from curation.config import ConfigError, RunConfig, SelectConfig, from_dict
+from curation.models import blip as models
+from curation.models import scorer as scoring
+from curation.pipeline import capfilt, download, select, urls
 
 
 class RunDirError(ConfigError):
@@ -128,7 +131,7 @@ def load_selectors(scorer_id: str, metadata: str, casefold: bool):
     """The DFN scorer and the concept matcher, each built once per process (None when off)."""
     device, dtype = models.pick_device()
     scorer = scoring.load_scorer(scorer_id, device, dtype) if scorer_id else None
-    cfg = select.SelectConfig(metadata=metadata, casefold=casefold)
+    cfg = SelectConfig(metadata=metadata, casefold=casefold)
     return scorer, select.load_matcher(cfg)
 
 

@@ -1,0 +1,1 @@
+"""Model families: the BLIP captioner and ITM filter, the DFN scorer, tiny configs."""

@@ -1,0 +1,1 @@
+"""The synthetic web: scenes with known truth, their images and alt-text, a loopback server."""
