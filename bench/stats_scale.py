@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from curation import io, schema
 from curation.outputs import stats
+from curation.rundir import RunDir
 
 SHARD = 100_000
 WORDS = np.array(["dog", "cat", "red", "car", "tree", "sky", "beach", "house", "man", "city"])
@@ -54,17 +55,18 @@ def curated_shard(rng, ids: np.ndarray, shard: int) -> pa.Table:
 
 
 def write_run(out: Path, rows: int) -> None:
+    run = RunDir(out)
     rng = np.random.default_rng(0)
     rejected = rows // 10
     for shard, start in enumerate(range(0, rows + rejected, SHARD)):
         ids = np.arange(start, min(start + SHARD, rows + rejected))
         inputs = pa.table({"sample_id": ids, "url": ids.astype(str), "web_text": ids.astype(str)})
-        io.write_parquet(inputs, out / "input" / f"{shard:05d}.parquet", schema.INPUT)
+        io.write_parquet(inputs, run.shard_file("input", shard), schema.INPUT)
         kept, dropped = ids[ids < rows], ids[ids >= rows]
         curated = curated_shard(rng, kept, shard)
-        io.write_parquet(curated, out / "shards" / f"{shard:05d}.parquet", schema.CURATED)
+        io.write_parquet(curated, run.shard_file("shards", shard), schema.CURATED)
         notes = curated.select(["sample_id", "dfn", "concepts"])
-        io.write_parquet(notes, out / "annotations" / f"{shard:05d}.parquet", schema.ANNOTATIONS)
+        io.write_parquet(notes, run.shard_file("annotations", shard), schema.ANNOTATIONS)
         n = len(dropped)
         rejects = pa.table({
             "sample_id": dropped, "url": dropped.astype(str), "web_text": pa.nulls(n, pa.string()),
@@ -72,7 +74,7 @@ def write_run(out: Path, rows: int) -> None:
             "detail": ["HTTP Error 404"] * n, "candidates": pa.nulls(n, schema.CANDIDATE_LIST),
             "shard": np.full(n, shard),
         })  # fmt: skip
-        io.write_parquet(rejects, out / "rejects" / f"{shard:05d}.parquet", schema.REJECTS)
+        io.write_parquet(rejects, run.shard_file("rejects", shard), schema.REJECTS)
         markers = {
             "download": {"rows": len(ids), "status": {"success": len(kept)}, "seconds": 9.0},
             "capfilt": {"rows": len(ids), "passed": len(kept), "rejects": {},
@@ -80,9 +82,9 @@ def write_run(out: Path, rows: int) -> None:
             "select": {"rows": len(kept), "curated": len(kept), "rejects": {}, "seconds": 1.0},
         }  # fmt: skip
         for step, summary in markers.items():
-            io.write_marker(out, step, shard, summary)
+            io.write_json(summary, run.marker(step, shard))
     plan = {"balance": {"t": rows // 20}, "score": {"threshold": 0.3}}
-    (out / "selection.json").write_text(json.dumps(plan))
+    run.selection.write_text(json.dumps(plan))
 
 
 def main() -> int:

@@ -1,6 +1,5 @@
-"""Atomic Parquet writes and completion markers (datatrove's `completions/`, img2dataset's
-incremental mode): a crash leaves no half-written file under a final name, and a rerun skips
-every shard whose marker exists."""
+"""Atomic writes (temporary name, then rename): a crash leaves no half-written file under a final
+name, so a completion marker (written last, `pipeline.steps.run_step`) can be trusted."""
 
 import json
 import os
@@ -8,10 +7,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-
-def shard_name(shard: int) -> str:
-    return f"{shard:05d}"
 
 
 def write_parquet(table: pa.Table, path: Path, table_schema: pa.Schema) -> None:
@@ -44,18 +39,3 @@ def remove_partial_files(run_dir: Path) -> int:
     for path in partial:
         path.unlink(missing_ok=True)
     return len(partial)
-
-
-def marker_path(run_dir: Path, stage: str, shard: int) -> Path:
-    return Path(run_dir) / "_done" / stage / f"{shard_name(shard)}.json"
-
-
-def read_marker(run_dir: Path, stage: str, shard: int) -> dict | None:
-    """The stage's summary for `shard` if it completed, else None."""
-    path = marker_path(run_dir, stage, shard)
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def write_marker(run_dir: Path, stage: str, shard: int, summary: dict) -> None:
-    """Written last, after every output of the stage is in place."""
-    write_json(summary, marker_path(run_dir, stage, shard))

@@ -1,9 +1,12 @@
 """Every Parquet table the pipeline writes, declared once.
 
 Writers pass these schemas explicitly (``pq.write_table(table.cast(SCHEMA))``) so a column
-can never drift in type or name between shards, runs or versions. See DESIGN.md, "Data
-contracts": every input row ends in exactly one place, a curated shard or the rejects table.
+can never drift in type or name between shards, runs or versions. See docs/architecture.md,
+"Data contracts": every input row ends in exactly one place, a curated shard or the rejects table.
 """
+
+from dataclasses import dataclass
+from enum import StrEnum
 
 import pyarrow as pa
 
@@ -62,26 +65,53 @@ CURATED = pa.schema(
     ]
 )
 
-REJECT_REASONS = (
-    "invalid_url",  # not http(s), malformed
-    "blocked_address",  # resolves to loopback/private/link-local without --allow-private-network
-    "download_failed",  # HTTP error, connection refused, timeout...
-    "decode_error",  # bytes are not an image Pillow can decode
-    "image_too_small",  # a side below capfilt.min_image_side (tracking pixels)
-    "image_too_large",  # more pixels than capfilt.max_image_pixels (decompression bombs)
-    "no_matching_text",  # no web or synthetic text reached the ITM threshold
-    "below_score_quantile",  # DFN score under the run's global threshold
-    "no_concept_match",  # the caption matches no entry of the concept list (MetaCLIP)
-    "balanced_out",  # every matched entry lost its MetaCLIP keep draw
-)
+
+class Reason(StrEnum):
+    """Why an input row is not curated: the ``reason`` column of REJECTS, one enumeration that
+    every writer is checked against (``pipeline.steps.check_rejects``)."""
+
+    INVALID_URL = "invalid_url"  # not http(s), malformed
+    BLOCKED_ADDRESS = "blocked_address"  # resolves to a private address without the flag
+    DOWNLOAD_FAILED = "download_failed"  # HTTP error, connection refused, timeout...
+    DECODE_ERROR = "decode_error"  # bytes are not an image Pillow can decode
+    IMAGE_TOO_SMALL = "image_too_small"  # a side below capfilt.min_image_side (tracking pixels)
+    IMAGE_TOO_LARGE = "image_too_large"  # more than capfilt.max_image_pixels (bombs)
+    NO_MATCHING_TEXT = "no_matching_text"  # no web or synthetic text reached the ITM threshold
+    BELOW_SCORE_QUANTILE = "below_score_quantile"  # DFN score under the run's global threshold
+    NO_CONCEPT_MATCH = "no_concept_match"  # the caption matches no concept entry (MetaCLIP)
+    BALANCED_OUT = "balanced_out"  # every matched entry lost its MetaCLIP keep draw
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One line of the funnel (`curate stats`, the report): the reasons that drop rows there
+    and the ``stage`` value their rejects carry."""
+
+    name: str
+    label: str  # what is left after the gate, as the report's funnel names it
+    stage: str
+    reasons: tuple[Reason, ...]
+
+
+R = Reason
+GATES = (
+    Gate("download", "downloaded", "download",
+         (R.INVALID_URL, R.BLOCKED_ADDRESS, R.DOWNLOAD_FAILED)),
+    Gate("decode", "decoded", "decode", (R.DECODE_ERROR, R.IMAGE_TOO_SMALL, R.IMAGE_TOO_LARGE)),
+    Gate("capfilt", "CapFilt passed", "capfilt", (R.NO_MATCHING_TEXT,)),
+    Gate("score", "scored", "select", (R.BELOW_SCORE_QUANTILE,)),
+    Gate("balance", "balanced", "select", (R.NO_CONCEPT_MATCH, R.BALANCED_OUT)),
+)  # fmt: skip
+REJECT_STAGES = tuple(dict.fromkeys(gate.stage for gate in GATES))  # in funnel order
+STAGE_OF = {reason: gate.stage for gate in GATES for reason in gate.reasons}
 
 REJECTS = pa.schema(
     [
         pa.field("sample_id", pa.int64(), nullable=False),
         pa.field("url", pa.string()),
         pa.field("web_text", pa.string()),
-        pa.field("stage", pa.string()),  # "download" | "decode" | "capfilt" | "select"
-        pa.field("reason", pa.string()),  # one of REJECT_REASONS
+        pa.field("stage", pa.string()),  # one of REJECT_STAGES
+        pa.field("reason", pa.string()),  # a Reason
         pa.field("detail", pa.string()),  # human-readable
         pa.field("candidates", CANDIDATE_LIST),  # scores, when the filter saw the image
         pa.field("shard", pa.int32()),

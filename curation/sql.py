@@ -17,18 +17,19 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from curation import schema
+from curation.rundir import RunDir
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 # Variable name -> (glob under each RUN_DIR, schema of an empty stand-in when nothing matches).
 FILES = {
-    "inputs_files": ("input/*.parquet", schema.INPUT),
-    "raw_files": ("raw/*.parquet", schema.RAW),
-    "curated_files": ("shards/*.parquet", schema.CURATED),
-    "rejects_files": ("rejects/*.parquet", schema.REJECTS),
-    "annotations_files": ("annotations/*.parquet", schema.ANNOTATIONS),
-    "markers_files": ("_done/*/*.json", None),
-    "manifests_files": ("manifest.json", None),
+    "inputs_files": (RunDir.pattern("input"), schema.INPUT),
+    "raw_files": (RunDir.pattern("raw"), schema.RAW),
+    "curated_files": (RunDir.pattern("shards"), schema.CURATED),
+    "rejects_files": (RunDir.pattern("rejects"), schema.REJECTS),
+    "annotations_files": (RunDir.pattern("annotations"), schema.ANNOTATIONS),
+    "markers_files": (RunDir.MARKERS_PATTERN, None),
+    "manifests_files": (RunDir.MANIFEST, None),
 }
 
 

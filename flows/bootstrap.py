@@ -15,11 +15,13 @@ from prefect.cache_policies import NO_CACHE
 
 from curation import io
 from curation.config import from_dict
-from curation.pipeline import run, select
+from curation.pipeline import run, select, steps
+from curation.rundir import RunDir
 from curation.training import ablate as ablations
 from curation.training import bootstrap as loop
 from curation.training import evaluate as evaluation
 from curation.training import train, vision
+from curation.training.data import pairs_from_clean, pairs_from_curated, pairs_from_raw
 from flows.curate import curate
 
 
@@ -30,13 +32,14 @@ def _say(text: str) -> None:
 @task(cache_policy=NO_CACHE, task_run_name="download-web")
 def download_web(urls: str, web: str, url_col: str, caption_col: str | None, config: dict):
     cfg = from_dict(config)
-    shards = run.prepare(Path(web), Path(urls), url_col, caption_col, cfg)
-    return [run.download_step(Path(web), shard, cfg) for shard in shards]
+    web_dir = RunDir(web)
+    shards = run.prepare(web_dir, Path(urls), url_col, caption_col, cfg)
+    return [steps.run_step("download", web_dir, shard, cfg) for shard in shards]
 
 
 @task(cache_policy=NO_CACHE, task_run_name="pretrain-{model}")
 def pretrain(source: str, from_curated: bool, model: str, config: dict) -> dict:
-    pairs = train.pairs_from_curated(source) if from_curated else train.pairs_from_raw(source)
+    pairs = pairs_from_curated(source) if from_curated else pairs_from_raw(source)
     if not pairs:
         raise ValueError(
             f"no training pairs in {source}: CapFilt kept no text; lower [capfilt] "
@@ -55,7 +58,7 @@ def pretrain_vision(labelled: str, out: str, config: dict) -> dict:
 @task(cache_policy=NO_CACHE, task_run_name="finetune-{out}")
 def finetune(clean: str, init: str, out: str, config: dict) -> dict:
     _say(f"fine-tuning {init} on the clean set {clean}")
-    return train.finetune(train.pairs_from_clean(clean), init, out, from_dict(config).train)
+    return train.finetune(pairs_from_clean(clean), init, out, from_dict(config).train)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="evaluate-{model}")
@@ -96,7 +99,7 @@ def _ablation(
     """One model per data variant (curation.training.ablate), trained on the same example budget."""
     cfg = from_dict(config)
     matcher = select.load_matcher(cfg.select)
-    raw_texts = [text for _, text in train.pairs_from_raw(out / "web")]
+    raw_texts = [text for _, text in pairs_from_raw(out / "web")]
     base_pairs = len(raw_texts)
     eval_texts = evaluation.load_eval_set(eval_set).texts
     tail = ablations.tail_concepts(matcher, raw_texts, eval_texts)  # rarest in the web's texts
@@ -109,7 +112,7 @@ def _ablation(
             folder = out / "ablate" / ablations.slug(name)
             variant = ablations.with_overrides(config, overrides)
             run_dir = _capfilt_pass(urls, out, 1, url_col, caption_col, variant, folder / "run")
-            texts = [text for _, text in train.pairs_from_curated(run_dir)]
+            texts = [text for _, text in pairs_from_curated(run_dir)]
             epochs = ablations.budget_epochs(cfg.train.epochs, base_pairs, len(texts))
             found = {"pairs": len(texts), "epochs": epochs}
             model = folder / "model"

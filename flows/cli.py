@@ -112,9 +112,10 @@ def cmd_schedule(args) -> int:
 
 def cmd_train(args) -> int:
     from curation.training import train
+    from curation.training.data import pairs_from_curated
 
     cfg = config_mod.load(args.config)
-    pairs = train.pairs_from_curated(args.shards)
+    pairs = pairs_from_curated(args.shards)
     if not pairs:
         raise config_mod.ConfigError(f"{args.shards} has no curated pairs (shards/*.parquet)")
     log = train.pretrain(pairs, args.out, cfg.train, args.init)
@@ -124,9 +125,10 @@ def cmd_train(args) -> int:
 
 def cmd_finetune(args) -> int:
     from curation.training import train
+    from curation.training.data import pairs_from_clean
 
     cfg = config_mod.load(args.config)
-    train.finetune(train.pairs_from_clean(args.clean), args.init, args.out, cfg.train)
+    train.finetune(pairs_from_clean(args.clean), args.init, args.out, cfg.train)
     print(f"wrote {args.out}/captioner, filter, scorer")
     return 0
 
@@ -214,8 +216,10 @@ def cmd_sql(args) -> int:
 
 def cmd_runs(args) -> int:
     from curation.pipeline import run
+    from curation.rundir import RunDir
 
-    rows = [run.summary(d) for d in sorted(Path(args.out_root).iterdir()) if run.is_run(d)]
+    runs = [RunDir(d) for d in sorted(Path(args.out_root).iterdir())]
+    rows = [run.summary(d) for d in runs if d.is_run()]
     columns = ["run", "status", "input", "curated", "rejected", "seconds"]
     print(stats.format_table(columns, [tuple(r[c] for c in columns) for r in rows]))
     return 0

@@ -1,7 +1,9 @@
-"""The `curate` flow: download -> CapFilt -> annotate, then a global plan, then select.
+"""The `curate` flow over the step table (`curation.pipeline.steps.STEPS`): download -> CapFilt
+-> annotate, then a global plan, then select.
 
 One task per shard and step, except the plan: DFN's score threshold and MetaCLIP's concept
-counts are computed over the whole run (DESIGN.md), so selection waits for every shard.
+counts are computed over the whole run (docs/architecture.md), so selection waits for every
+shard.
 
 By default downloads run two shards at a time on a thread pool (they wait on the network, in a
 child process); CapFilt runs shard after shard in the flow's thread, on models loaded once, so
@@ -9,7 +11,8 @@ the download of shard i+1 overlaps the models' work on shard i.
 
 Scale-out (`curate run --workers N` or `--cluster ADDRESS`): the tasks run on Dask through
 prefect-dask. Each shard's chain download -> CapFilt -> annotate runs on the workers, shards in
-parallel; every worker process loads the models once (`run.load_models` is cached per process).
+parallel; every worker process loads the models once (`steps.load_models` is cached per
+process).
 RUN_DIR must be on a filesystem every worker sees.
 """
 
@@ -27,58 +30,58 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from curation.config import from_dict
-from curation.pipeline import run
+from curation.pipeline import run, steps
+from curation.pipeline.steps import AFTER_PLAN, BEFORE_PLAN, PLAN, STEPS, Step
+from curation.rundir import RunDir
 from flows.progress import Progress
 
 
-@task(cache_policy=NO_CACHE, retries=1, task_run_name="download-{shard:05d}")
-def download(run_dir: str, shard: int, config: dict) -> dict:
-    return run.download_step(Path(run_dir), shard, from_dict(config))
+def _task(step: Step):
+    """The Prefect task of one step: a few lines around `steps.run_step`."""
+
+    def run_one(run_dir: str, shard: int, config: dict) -> dict:
+        return steps.run_step(step.name, RunDir(run_dir), shard, from_dict(config))
+
+    def run_global(run_dir: str, config: dict) -> dict:
+        return step.run(RunDir(run_dir), from_dict(config))
+
+    name = f"{step.name}-{{shard:05d}}" if step.per_shard else f"{step.name}-selection"
+    fn = run_one if step.per_shard else run_global
+    return task(fn, name=step.name, cache_policy=NO_CACHE, retries=step.retries,
+                task_run_name=name)  # fmt: skip
 
 
-@task(cache_policy=NO_CACHE, task_run_name="capfilt-{shard:05d}")
-def capfilt(run_dir: str, shard: int, config: dict) -> dict:
-    return run.capfilt_step(Path(run_dir), shard, from_dict(config))
-
-
-@task(cache_policy=NO_CACHE, task_run_name="annotate-{shard:05d}")
-def annotate(run_dir: str, shard: int, config: dict) -> dict:
-    return run.annotate_step(Path(run_dir), shard, from_dict(config))
-
-
-@task(cache_policy=NO_CACHE, task_run_name="plan-selection")
-def plan(run_dir: str, config: dict) -> dict:
-    return run.plan_step(Path(run_dir), from_dict(config))
-
-
-@task(cache_policy=NO_CACHE, task_run_name="select-{shard:05d}")
-def select(run_dir: str, shard: int, config: dict) -> dict:
-    return run.select_step(Path(run_dir), shard, from_dict(config))
-
-
-STEPS = ("download", "capfilt", "annotate")  # per shard, before the global plan
+TASKS = {step.name: _task(step) for step in STEPS}
 
 
 def _shards_here(out: str, shards: list[int], config: dict, progress: Progress) -> None:
-    """Downloads on the thread pool; CapFilt and annotate in this thread, shard after shard."""
-    futures = [download.submit(out, s, config) for s in shards]
-    for shard, future in zip(shards, futures, strict=True):
-        progress.step_done("download", shard, future.result())
-        progress.step_done("capfilt", shard, capfilt(out, shard, config))
-        progress.step_done("annotate", shard, annotate(out, shard, config))
+    """I/O-bound steps (downloads) run ahead on the thread pool; the model steps run in this
+    thread, shard after shard, on models loaded once."""
+    ahead = [step for step in BEFORE_PLAN if step.io_bound]
+    futures = {
+        step.name: [TASKS[step.name].submit(out, s, config) for s in shards] for step in ahead
+    }
+    for i, shard in enumerate(shards):
+        for step in BEFORE_PLAN:
+            summary = (
+                futures[step.name][i].result()
+                if step.io_bound
+                else TASKS[step.name](out, shard, config)
+            )
+            progress.step_done(step.name, shard, summary)
 
 
 def _shards_on_workers(out: str, shards: list[int], config: dict, progress: Progress) -> None:
-    """Every shard's chain download -> CapFilt -> annotate submitted at once; Dask runs the
-    chains in parallel, each step once the one before it finished."""
+    """Every shard's chain of steps before the plan submitted at once; Dask runs the chains in
+    parallel, each step once the one before it finished."""
     futures, names = [], {}  # names: task run id -> (step, shard), for the progress lines
     for shard in shards:
-        downloaded = download.submit(out, shard, config)
-        filtered = capfilt.submit(out, shard, config, wait_for=[downloaded])
-        annotated = annotate.submit(out, shard, config, wait_for=[filtered])
-        for step, future in zip(STEPS, (downloaded, filtered, annotated), strict=True):
+        previous = []
+        for step in BEFORE_PLAN:
+            future = TASKS[step.name].submit(out, shard, config, wait_for=previous)
             futures.append(future)
-            names[future.task_run_id] = (step, shard)
+            names[future.task_run_id] = (step.name, shard)
+            previous = [future]
     for future in as_completed(futures):
         progress.step_done(*names[future.task_run_id], future.result())
 
@@ -94,18 +97,21 @@ def curate(
     """Curate the URL list at `urls` into `out`; returns the run's counts."""
     cfg = from_dict(config or {})
     started = time.perf_counter()
-    shards = run.prepare(Path(out), Path(urls), url_col, caption_col, cfg)
+    run_dir = RunDir(out)
+    shards = run.prepare(run_dir, Path(urls), url_col, caption_col, cfg)
     progress = Progress(len(shards))
     config = cfg.to_dict()
     if isinstance(FlowRunContext.get().task_runner, DaskTaskRunner):
         _shards_on_workers(out, shards, config, progress)
     else:
         _shards_here(out, shards, config, progress)
-    plan(out, config)  # the global pass, in this process: needs every shard's annotations
-    for shard, future in zip(shards, [select.submit(out, s, config) for s in shards], strict=True):
-        progress.step_done("select", shard, future.result())
+    TASKS[STEPS[PLAN].name](out, config)  # the global pass, in this process: every shard's output
+    for step in AFTER_PLAN:
+        futures = [TASKS[step.name].submit(out, s, config) for s in shards]
+        for shard, future in zip(shards, futures, strict=True):
+            progress.step_done(step.name, shard, future.result())
     timings = {**progress.seconds, "wall": time.perf_counter() - started}
-    manifest = run.write_manifest(Path(out), cfg, timings)
+    manifest = run.write_manifest(run_dir, cfg, timings)
     progress.finish(manifest["counts"])
     return manifest["counts"]
 

@@ -3,11 +3,13 @@
 import sys
 import time
 
+from curation.pipeline.steps import BY_NAME, STEPS
+
 
 class Progress:
     def __init__(self, shards: int):
         self.shards, self.started = shards, time.perf_counter()
-        self.done = {"download": 0, "capfilt": 0, "annotate": 0, "select": 0}
+        self.done = {step.name: 0 for step in STEPS if step.per_shard}
         self.images = 0
         self.seconds = dict.fromkeys(self.done, 0.0)  # summed over shards run or skipped
 
@@ -17,15 +19,8 @@ class Progress:
     def step_done(self, step: str, shard: int, summary: dict) -> None:
         self.done[step] += 1
         self.seconds[step] += summary["seconds"]
-        detail = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("status", {}).items()))
-        if step == "capfilt":
-            self.images += summary["images"]
-            rate = summary["images"] / max(summary["seconds"], 1e-9)
-            detail = f"{summary['passed']} passed, {rate:.1f} img/s"
-        if step == "select":
-            detail = f"{summary['curated']} curated of {summary['rows']}"
-        if step == "annotate":
-            detail = f"{summary['rows']} rows"
+        self.images += summary.get("images", 0)  # the model step counts decoded images
+        detail = BY_NAME[step].describe(summary)
         self._say(f"{step} shard {shard:05d} done ({self.done[step]}/{self.shards}): {detail}")
 
     def finish(self, counts: dict) -> None:

@@ -1,11 +1,11 @@
 -- The funnel: rows entering each step, rows it rejected (per reason) and rows leaving it.
-WITH steps(step, position, stages) AS (
-    VALUES ('download', 1, ['download']), ('decode', 2, ['decode']),
-           ('capfilt', 3, ['capfilt']), ('select', 4, ['select'])
+-- $stages: the rejects' stage values in funnel order (schema.REJECT_STAGES).
+WITH steps AS (
+    SELECT unnest($stages) AS step, generate_subscripts($stages, 1) AS position
 ),
 dropped AS (
     SELECT s.step, s.position, r.reason, count(r.reason) AS n
-    FROM steps AS s LEFT JOIN rejects AS r ON list_contains(s.stages, r.stage)
+    FROM steps AS s LEFT JOIN rejects AS r ON r.stage = s.step
     GROUP BY ALL
 ),
 per_step AS (

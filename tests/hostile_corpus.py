@@ -5,7 +5,7 @@ This list is the corpus. tests/test_hostile.py runs every WEB case through one r
 name the tests that check them. The table in docs/benchmarks.md is this module's output:
 `.venv/bin/python tests/hostile_corpus.py`.
 
-Outcomes: "curated", a `schema.REJECT_REASONS` entry, or for a URL list "exit 2" with a part of
+Outcomes: "curated", a `schema.Reason` value, or for a URL list "exit 2" with a part of
 the one-line error.
 """
 

@@ -36,7 +36,7 @@ def annotations(rows: list[tuple]) -> pa.Table:
 def plan_for(table: pa.Table, cfg: SelectConfig) -> dict:
     con = duckdb.connect()
     con.register("annotations", table)
-    return select.global_plan(con, cfg)
+    return select.global_plan(con, cfg).to_dict()
 
 
 def decisions_by_id(table: pa.Table, cfg: SelectConfig) -> dict[int, dict]:
@@ -235,7 +235,7 @@ def test_decisions_do_not_depend_on_sharding_or_order(tmp_path, order):
     for shard_size, seed in [(7, 1), (250, 2), (1000, 3)]:
         run_dir = tmp_path / f"{order}-{shard_size}"
         write_shards(run_dir, table, shard_size, seed)
-        plan = json.loads(json.dumps(select.global_plan(run_dir, cfg), allow_nan=False))
+        plan = json.loads(json.dumps(select.global_plan(run_dir, cfg).to_dict(), allow_nan=False))
         shards = [pq.read_table(p) for p in sorted((run_dir / "annotations").glob("*.parquet"))]
         decided = pa.concat_tables([select.decide(s, plan, cfg) for s in shards])
         outcomes.append(sorted(decided.to_pylist(), key=lambda d: d["sample_id"]))
@@ -254,9 +254,9 @@ def test_the_two_orders():
     later = dataclasses.replace(first, order="balance_then_score")
     con = duckdb.connect()  # one connection for both, as `curate stats` may hold
     con.register("annotations", table)
-    score_first = select.global_plan(con, first)
-    balance_first = select.global_plan(con, later)
-    assert select.global_plan(con, first) == score_first
+    score_first = select.global_plan(con, first).to_dict()
+    balance_first = select.global_plan(con, later).to_dict()
+    assert select.global_plan(con, first).to_dict() == score_first
     # score first: the quantile is over every row; counts only over the rows above it
     assert score_first["score"]["population_rows"] == 2300
     assert score_first["balance"]["population_rows"] == score_first["score"]["kept_rows"] == 690
@@ -307,7 +307,7 @@ def test_empty_run():
     con = duckdb.connect()
     con.register("annotations", select.ANNOTATIONS.empty_table())
     cfg = SelectConfig(scorer="a-scorer", metadata="default")
-    plan = select.global_plan(con, cfg)
+    plan = select.global_plan(con, cfg).to_dict()
     assert plan["rows"] == 0 and plan["score"]["threshold"] is None
     assert plan["balance"]["matches"] == 0 and plan["balance"]["t"] == 1
     assert len(select.decide(select.ANNOTATIONS.empty_table(), plan, cfg)) == 0

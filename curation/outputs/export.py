@@ -48,6 +48,7 @@ from curation import schema, sql
 from curation.config import CapFiltConfig, ConfigError
 from curation.io import write_json
 from curation.pipeline.images import decode_image
+from curation.rundir import RunDir
 
 SUFFIX = {"webdataset": "tar", "parquet": "parquet", "jsonl": "jsonl"}  # format -> extension
 CAPTION_MODES = ("chosen", "all")
@@ -137,9 +138,9 @@ def _check_options(fmt: str, shard_size: int, caption: str) -> None:
 
 def _check_run_dir(run_dir: Path) -> None:
     """Refuse a folder that is not a finished run: an export of half a run looks complete."""
-    if not (run_dir / "run.json").exists():
+    if not RunDir(run_dir).is_run():
         raise ExportError(f"{run_dir} is not a curation run (no run.json)")
-    if not (run_dir / "manifest.json").exists():
+    if not RunDir(run_dir).manifest.exists():
         raise ExportError(f"run {run_dir} is not finished (no manifest.json); rerun curate run")
 
 
@@ -167,7 +168,7 @@ def output_columns(fmt: str, caption: str, with_annotations: bool) -> list[str]:
 def make_plan(con, run_dir: Path, where: str | None, fmt: str, caption: str) -> Plan:
     """Settle the export and validate `where` against the exported columns (no data read)."""
     where = where.strip() if where and where.strip() else None
-    files = sorted(Path(run_dir).glob("shards/*.parquet"))
+    files = RunDir(run_dir).shard_files("shards")
     plan = Plan(fmt, caption, where, has_annotations(con), files, [])
     plan.columns = output_columns(fmt, caption, plan.annotated)
     plan.max_pixels = _run_config(run_dir).get("max_image_pixels", plan.max_pixels)
@@ -178,11 +179,8 @@ def make_plan(con, run_dir: Path, where: str | None, fmt: str, caption: str) -> 
 
 def _run_config(run_dir: Path) -> dict:
     """The run's [capfilt] settings, {} when the run has no manifest."""
-    return _read_json(Path(run_dir) / "manifest.json").get("config", {}).get("capfilt", {})
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    run = RunDir(run_dir)
+    return run.read_json(run.manifest).get("config", {}).get("capfilt", {})
 
 
 def _point_at(con: duckdb.DuckDBPyConnection, file: Path | None) -> None:
@@ -388,9 +386,10 @@ SINKS = {"webdataset": TarSink, "parquet": ParquetSink, "jsonl": JsonlSink}
 
 def source_summary(run_dir: Path) -> dict:
     """The run an export came from: path, fingerprint, models, CapFilt settings, counts."""
-    run = _read_json(run_dir / "run.json")
-    manifest = _read_json(run_dir / "manifest.json")
-    selection = _read_json(run_dir / "selection.json")
+    run_files = RunDir(run_dir)
+    run = run_files.read_json(run_files.run_json)
+    manifest = run_files.read_json(run_files.manifest)
+    selection = run_files.read_json(run_files.selection)
     capfilt = manifest.get("config", {}).get("capfilt", {})
     return {
         "run_dir": str(run_dir.resolve()),

@@ -16,7 +16,6 @@ thousand rows or a billion. Sections whose data a run lacks (DFN scores, concept
 
 import base64
 import html
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
@@ -26,22 +25,16 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
-from curation import io, sql
+from curation import io, schema, sql
 from curation.config import CapFiltConfig, ConfigError
-from curation.io import shard_name
 from curation.outputs.export import has_annotations
 from curation.pipeline.images import decode_image
+from curation.rundir import RunDir
 
 # Funnel steps in order: (label, reject reasons that drop rows on the way to it, stage name
 # that does when the reason is unknown). Whatever matches no step drops on the last one.
-FUNNEL = [
-    ("downloaded", {"invalid_url", "blocked_address", "download_failed"}, "download"),
-    ("decoded", {"decode_error", "image_too_small", "image_too_large"}, "decode"),
-    ("CapFilt passed", {"no_matching_text"}, "capfilt"),
-    ("scored", {"below_score_quantile"}, "score"),
-    ("balanced", {"no_concept_match", "balanced_out"}, "balance"),
-    ("curated", set(), None),
-]
+# (label, reasons that drop rows there, stage of its rejects): schema.GATES, then the curated.
+FUNNEL = [(g.label, set(g.reasons), g.stage) for g in schema.GATES] + [("curated", set(), None)]
 BINS = 40  # histogram bins
 SAMPLES = 8  # kept and rejected samples shown, each
 THUMB = 96  # thumbnail side in pixels
@@ -99,16 +92,12 @@ class ReportError(ConfigError):
     """RUN_DIR is not a curation run."""
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def write_report(run_dir: str | Path, out_file: str | Path | None = None) -> Path:
     """Write the report of RUN_DIR to `out_file` (default RUN_DIR/report.html), atomically."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "run.json").exists():  # an unfinished run is fine: a progress view
-        raise ReportError(f"{run_dir} is not a curation run (no run.json)")
-    out = Path(out_file) if out_file else run_dir / "report.html"
+    run = RunDir.of(run_dir)
+    if not run.is_run():  # an unfinished run is fine: a progress view
+        raise ReportError(f"{run.root} is not a curation run (no run.json)")
+    out = Path(out_file) if out_file else run.report
     page = render(run_dir)
     io.write_text(page, out)
     return out
@@ -116,13 +105,10 @@ def write_report(run_dir: str | Path, out_file: str | Path | None = None) -> Pat
 
 def render(run_dir: str | Path, con=None) -> str:
     """The report as one HTML string; `con` defaults to `sql.connect(run_dir)`."""
-    run_dir = Path(run_dir)
-    con = con or sql.connect(run_dir)
+    run = RunDir.of(run_dir)
+    con = con or sql.connect(run.root)
     info = RunInfo(
-        run_dir,
-        _read_json(run_dir / "manifest.json"),
-        _read_json(run_dir / "selection.json"),
-        has_annotations(con),
+        run.root, run.read_json(run.manifest), run.read_json(run.selection), has_annotations(con)
     )
     counts = dict(zip(*_one(con, "stats_funnel"), strict=True))
     body = [
@@ -459,7 +445,7 @@ def _records(con, name: str, **params) -> list[dict]:
 def raw_images(con, run_dir: Path, recs: list[dict]) -> dict[int, bytes]:
     """Downloaded bytes of rejected samples, read from the raw shards that hold them only."""
     shards = {r["shard"] for r in recs if r.get("shard") is not None}
-    files = [run_dir / "raw" / f"{shard_name(s)}.parquet" for s in sorted(shards)]
+    files = [RunDir(run_dir).shard_file("raw", s) for s in sorted(shards)]
     files = [str(f) for f in files if f.exists()]
     if not files:
         return {}

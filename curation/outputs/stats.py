@@ -1,19 +1,20 @@
 """`curate stats`: the run's funnel and scores, every number from a query in sql/."""
 
-import json
 from pathlib import Path
 
-from curation import sql
+from curation import schema, sql
+from curation.rundir import RunDir
 
+FUNNEL = {"stages": list(schema.REJECT_STAGES)}
 SECTIONS = [
-    ("Rows: input = curated + rejected", "stats_funnel"),
-    ("Funnel: rows in, rejected (by reason) and out of each step", "stats_funnel_steps"),
-    ("Rejects by stage and reason", "stats_rejects"),
-    ("Caption sources", "stats_sources"),
-    ("ITM probability / ITC similarity by source", "stats_itm"),
-    ("Image sizes (curated)", "stats_sizes"),
-    ("Duplicates by sha256 (curated)", "stats_duplicates"),
-    ("Per shard: counts and CapFilt throughput", "stats_shards"),
+    ("Rows: input = curated + rejected", "stats_funnel", {}),
+    ("Funnel: rows in, rejected (by reason) and out of each step", "stats_funnel_steps", FUNNEL),
+    ("Rejects by stage and reason", "stats_rejects", {}),
+    ("Caption sources", "stats_sources", {}),
+    ("ITM probability / ITC similarity by source", "stats_itm", {}),
+    ("Image sizes (curated)", "stats_sizes", {}),
+    ("Duplicates by sha256 (curated)", "stats_duplicates", {}),
+    ("Per shard: counts and CapFilt throughput", "stats_shards", {}),
 ]
 
 
@@ -35,8 +36,8 @@ def format_table(columns: list[str], rows: list[tuple]) -> str:
 
 def selection_sections(run_dir: Path) -> list[tuple[str, str, dict]]:
     """The concept and score sections, with their parameters from the run's selection plan."""
-    path = Path(run_dir) / "selection.json"
-    plan = json.loads(path.read_text()) if path.exists() else {}
+    run = RunDir.of(run_dir)
+    plan = run.read_json(run.selection)
     sections = []
     if plan.get("balance"):
         t = plan["balance"]["t"]
@@ -54,7 +55,7 @@ def report(run_dir: str | Path) -> str:
     """All sections as text."""
     con = sql.connect(run_dir)
     parts = []
-    for title, name, params in [(t, n, {}) for t, n in SECTIONS] + selection_sections(run_dir):
+    for title, name, params in SECTIONS + selection_sections(run_dir):
         columns, rows = sql.query(con, name, **params)
         body = format_table(columns, rows) if rows else "(none)"
         parts.append(f"{title}\n{body}")

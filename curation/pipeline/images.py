@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 @dataclass
 class Decoded:
     image: Image.Image | None  # upright RGB, None when rejected
-    reason: str | None = None  # a schema.REJECT_REASONS entry
+    reason: str | None = None  # a schema.Reason value
     detail: str | None = None
 
 

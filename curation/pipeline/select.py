@@ -24,11 +24,13 @@ A decision is a pure function of (row, plan), whatever the shard size, row order
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,21 +38,19 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from curation import schema, sql
+from curation import io, schema, sql
 from curation.config import SelectConfig
 from curation.pipeline import balance
 from curation.pipeline.concepts import ConceptMatcher, csr_to_lists, load_metadata
 from curation.pipeline.images import decode_image
+from curation.rundir import RunDir
 
 if TYPE_CHECKING:
     from curation.models.scorer import Scorer
 
 METADATA_DIR = Path(__file__).resolve().parents[2] / "data" / "metadata"
-SELECT_REASONS = (
-    "below_score_quantile",  # DFN score under the run's threshold (or no score)
-    "no_concept_match",  # the chosen caption matches no entry of the concept list
-    "balanced_out",  # every matched entry lost its MetaCLIP keep draw
-)
+R = schema.Reason
+SELECT_REASONS = (R.BELOW_SCORE_QUANTILE, R.NO_CONCEPT_MATCH, R.BALANCED_OUT)
 PLAN_VERSION = 1
 ROWS_PER_BATCH = 65536  # rows streamed from DuckDB per batch of balancing draws
 
@@ -190,10 +190,10 @@ def _ahead(fn: Callable, items: Iterable, num_workers: int, depth: int = 2) -> I
 # ----------------------------------------------------------------------------------------------
 
 
-def connect(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
-    """DuckDB with an ``annotations`` view over RUN_DIR/annotations/*.parquet (empty if none)."""
+def connect(run_dir: RunDir | str | Path) -> duckdb.DuckDBPyConnection:
+    """DuckDB with an ``annotations`` view over the run's annotations (empty if none)."""
     con = duckdb.connect()
-    files = sorted(str(p) for p in (Path(run_dir) / "annotations").glob("*.parquet"))
+    files = [str(p) for p in RunDir.of(run_dir).shard_files("annotations")]
     if files:
         con.read_parquet(files).create_view("annotations")
     else:
@@ -207,36 +207,65 @@ def _one(con: duckdb.DuckDBPyConnection, name: str, **params) -> dict:
     return dict(zip(columns, rows[0], strict=True))
 
 
-def global_plan(source: str | Path | duckdb.DuckDBPyConnection, cfg: SelectConfig) -> dict:
+@dataclass
+class SelectionPlan:
+    """The run's selection decision, made once over every shard and stored as
+    RUN_DIR/selection.json: all that ``decide`` needs, whatever the shard or worker."""
+
+    settings: dict  # decision_settings(cfg): a plan is only applied with the same settings
+    order: str  # "score_then_balance" | "balance_then_score"
+    seed: int  # of the balancing draws
+    rows: int  # annotated rows in the pool
+    score: dict | None = None  # DFN threshold and score statistics; None: no scorer
+    balance: dict | None = None  # MetaCLIP t, head entry counts and statistics; None: no list
+    sample_key: str = "schema.sample_key(sample_id)"  # what the draws are keyed by
+    version: int = PLAN_VERSION
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def of(cls, plan: SelectionPlan | dict) -> SelectionPlan:
+        return plan if isinstance(plan, SelectionPlan) else cls(**plan)
+
+    def write(self, path: Path) -> None:
+        io.write_json(self.to_dict(), path)
+
+    @classmethod
+    def read(cls, path: Path) -> SelectionPlan:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def global_plan(
+    source: RunDir | str | Path | duckdb.DuckDBPyConnection, cfg: SelectConfig
+) -> SelectionPlan:
     """The run's selection plan: DFN threshold, MetaCLIP counts and t, and their statistics.
 
-    ``source``: RUN_DIR, or a DuckDB connection with an ``annotations`` view (ANNOTATIONS).
-    score_then_balance: the threshold is a quantile over every annotated row, and entries are
-    counted over the rows at or above it. balance_then_score: entries are counted over every
-    row, the draws are made, and the threshold is a quantile over the rows balancing kept.
-    JSON-able; stored as RUN_DIR/selection.json, it is all ``decide`` needs.
+    ``source``: a run directory, or a DuckDB connection with an ``annotations`` view
+    (ANNOTATIONS). score_then_balance: the threshold is a quantile over every annotated row, and
+    entries are counted over the rows at or above it. balance_then_score: entries are counted
+    over every row, the draws are made, and the threshold is a quantile over the rows balancing
+    kept.
     """
     con = source if isinstance(source, duckdb.DuckDBPyConnection) else connect(source)
-    plan = {"version": PLAN_VERSION, "settings": decision_settings(cfg), "order": cfg.order,
-            "seed": cfg.seed, "sample_key": "schema.sample_key(sample_id)",
-            "rows": con.sql("SELECT count(*) FROM annotations").fetchall()[0][0],
-            "score": None, "balance": None}  # fmt: skip
+    rows = con.sql("SELECT count(*) FROM annotations").fetchall()[0][0]
+    plan = SelectionPlan(decision_settings(cfg), cfg.order, cfg.seed, rows)
     scoring, balancing = bool(cfg.scorer), metadata_path(cfg.metadata) is not None
     if cfg.order == "score_then_balance":
         if scoring:
             _set_score_population(con, "all")
-            plan["score"] = _score_plan(con, cfg, "every annotated row")
+            plan.score = _score_plan(con, cfg, "every annotated row")
         if balancing:
-            threshold = plan["score"]["threshold"] if scoring else None
+            threshold = plan.score["threshold"] if scoring else None
             if scoring and threshold is None:  # nothing was scored: nothing passes
                 threshold = math.inf
-            plan["balance"] = _balance_plan(con, cfg, threshold)
+            plan.balance = _balance_plan(con, cfg, threshold)
     else:
         if balancing:
-            plan["balance"] = _balance_plan(con, cfg, None)
+            plan.balance = _balance_plan(con, cfg, None)
         if scoring:
-            _register_score_population(con, plan["balance"], cfg.seed)
-            plan["score"] = _score_plan(con, cfg, "rows kept by balancing")
+            _register_score_population(con, plan.balance, cfg.seed)
+            plan.score = _score_plan(con, cfg, "rows kept by balancing")
     return plan
 
 
@@ -349,14 +378,17 @@ def balance_keep(sample_id: int, entries: Sequence[str], probs: Probabilities, s
     return balance.keep_sample(entries, probs, schema.sample_key(sample_id), seed)
 
 
-def decide(annotations: pa.Table, plan: dict, cfg: SelectConfig | None = None) -> pa.Table:
+def decide(
+    annotations: pa.Table, plan: SelectionPlan | dict, cfg: SelectConfig | None = None
+) -> pa.Table:
     """DECISIONS for a shard's ANNOTATIONS from the run's plan: pure, no I/O, row by row.
 
     Checks run in the plan's order; a row gets the reason of the first check it fails. When
     ``cfg`` is given it must be the configuration the plan was made with (ValueError otherwise:
     rerun the global step).
     """
-    if cfg is not None and decision_settings(cfg) != plan["settings"]:
+    plan = SelectionPlan.of(plan)
+    if cfg is not None and decision_settings(cfg) != plan.settings:
         raise ValueError("selection plan was made with another [select] configuration; "
                          "rerun the global selection step")  # fmt: skip
     checks = _checks(plan)
@@ -382,14 +414,14 @@ def _verdict(checks: list[Callable], sample_id: int, dfn, concepts) -> tuple[str
     return reason, "; ".join(details) or None
 
 
-def _checks(plan: dict) -> list[Callable]:
+def _checks(plan: SelectionPlan) -> list[Callable]:
     """The row checks of the plan, in its order: each returns (reason or None, detail)."""
     checks = []
-    if plan["score"] is not None:
-        checks.append(_score_check(plan["score"]))
-    if plan["balance"] is not None:
-        checks.append(_balance_check(plan["balance"], plan["seed"]))
-    return checks if plan["order"] == "score_then_balance" else checks[::-1]
+    if plan.score is not None:
+        checks.append(_score_check(plan.score))
+    if plan.balance is not None:
+        checks.append(_balance_check(plan.balance, plan.seed))
+    return checks if plan.order == "score_then_balance" else checks[::-1]
 
 
 def _score_check(score_plan: dict) -> Callable:
@@ -401,10 +433,10 @@ def _score_check(score_plan: dict) -> Callable:
 
     def check_row(sample_id, dfn, concepts):
         if dfn is None or threshold is None:
-            return "below_score_quantile", f"no DFN score to compare with {bar}"
+            return R.BELOW_SCORE_QUANTILE.value, f"no DFN score to compare with {bar}"
         if dfn >= threshold:
             return None, f"DFN {dfn:.4f} >= {bar}"
-        return "below_score_quantile", f"DFN {dfn:.4f} < {bar}"
+        return R.BELOW_SCORE_QUANTILE.value, f"DFN {dfn:.4f} < {bar}"
 
     return check_row
 
@@ -414,12 +446,18 @@ def _balance_check(balance_plan: dict, seed: int) -> Callable:
 
     def check_row(sample_id, dfn, concepts):
         if not concepts:
-            return "no_concept_match", f"caption matches no entry of {balance_plan['metadata']}"
+            return (
+                R.NO_CONCEPT_MATCH.value,
+                f"caption matches no entry of {balance_plan['metadata']}",
+            )
         listed = _fmt_entries(concepts, probs)
         if balance_keep(sample_id, concepts, probs, seed):
             return None, f"kept by MetaCLIP draw (t={t}): {listed}"
         chance = balance.keep_probability(concepts, probs)
-        return "balanced_out", f"lost MetaCLIP draw, keep chance {chance:.4f} (t={t}): {listed}"
+        return (
+            R.BALANCED_OUT.value,
+            f"lost MetaCLIP draw, keep chance {chance:.4f} (t={t}): {listed}",
+        )
 
     return check_row
 

@@ -1,0 +1,144 @@
+"""Every path of a run directory, and of a bootstrap loop's folder, in one place.
+
+A curation run (`curate run --out RUN_DIR`), deterministic paths so a rerun finds what is done:
+
+    run.json                 what the run is (URL list fingerprint, configuration)
+    input/00000.parquet      the URL list cut into shards (schema.INPUT)
+    raw/00000.parquet        download results, one row per input row (schema.RAW)
+    capfilt/00000.parquet    images that passed CapFilt (schema.CURATED, before selection)
+    annotations/00000.parquet  their DFN score and matched concepts (schema.ANNOTATIONS)
+    selection.json           the global selection plan (select.SelectionPlan)
+    decisions/00000.parquet  keep / reason per CapFilt survivor (schema.DECISIONS)
+    shards/00000.parquet     curated rows (schema.CURATED)
+    rejects/<step>-00000.parquet  every input row that did not make it (schema.REJECTS)
+    _done/<step>/00000.json  completion marker with the step's counts and timings
+    manifest.json            configuration, versions, counts per stage and reason, timings
+    report.html              `curate report`
+
+A bootstrap loop (`curate bootstrap --out OUT`, see `LoopDir`) holds curation runs and models.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+SHARD_KINDS = ("input", "raw", "capfilt", "annotations", "decisions", "shards", "rejects")
+
+
+def shard_name(shard: int) -> str:
+    return f"{shard:05d}"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of one curation run under `root`; nothing else joins run paths."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def of(cls, run_dir: "RunDir | str | Path") -> "RunDir":
+        return run_dir if isinstance(run_dir, RunDir) else cls(run_dir)
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    MANIFEST = "manifest.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / self.MANIFEST
+
+    @property
+    def selection(self) -> Path:
+        return self.root / "selection.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    def shard_file(self, kind: str, shard: int, step: str = "") -> Path:
+        """KIND/00000.parquet; rejects are named after the step that wrote them."""
+        if kind not in SHARD_KINDS:
+            raise ValueError(f"unknown shard kind {kind!r} (known: {', '.join(SHARD_KINDS)})")
+        prefix = f"{step}-" if step else ""
+        return self.root / kind / f"{prefix}{shard_name(shard)}.parquet"
+
+    def shard_files(self, kind: str) -> list[Path]:
+        """The KIND files present, in shard order."""
+        return sorted(self.root.glob(self.pattern(kind)))
+
+    @staticmethod
+    def pattern(kind: str) -> str:
+        """The glob, relative to the run, of every KIND file."""
+        return f"{kind}/*.parquet"
+
+    def marker(self, step: str, shard: int) -> Path:
+        return self.root / "_done" / step / f"{shard_name(shard)}.json"
+
+    MARKERS_PATTERN = "_done/*/*.json"
+
+    def markers(self, step: str) -> list[Path]:
+        return sorted((self.root / "_done" / step).glob("*.json"))
+
+    def read_marker(self, step: str, shard: int) -> dict | None:
+        """The step's summary for `shard` if it completed, else None."""
+        path = self.marker(step, shard)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def read_json(self, path: Path) -> dict:
+        """A JSON file of the run ({} when it is not written yet)."""
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def is_run(self) -> bool:
+        return self.run_json.is_file()
+
+
+@dataclass(frozen=True)
+class LoopDir:
+    """The folders of a bootstrap loop under `root` (`curate bootstrap --out`)."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def web(self) -> RunDir:
+        """Round 0's download of the URL list (every round reuses it)."""
+        return RunDir(self.root / "web")
+
+    @property
+    def vision(self) -> Path:
+        return self.root / "vision"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    def round(self, round_no: int) -> Path:
+        return self.root / f"round{round_no}"
+
+    def model(self, round_no: int) -> Path:
+        return self.round(round_no) / "model"
+
+    def finetuned(self, round_no: int) -> Path:
+        return self.round(round_no) / "finetuned"
+
+    def capfilt(self, round_no: int) -> RunDir:
+        return RunDir(self.round(round_no) / "capfilt")
+
+    def ablation_variant(self, slug: str) -> Path:
+        """ablate/SLUG: one data variant's CapFilt run (`run/`) and model (`model/`)."""
+        return self.root / "ablate" / slug
+
+    @property
+    def ablation_json(self) -> Path:
+        return self.root / "ablation.json"
+
+    @property
+    def ablation_md(self) -> Path:
+        return self.root / "ablation.md"
