@@ -11,6 +11,7 @@ rejected for reasons other than the filter (a later selection stage, say) are le
 import argparse
 from pathlib import Path
 
+from curation.rundir import LoopDir
 from curation.training import bootstrap as loop
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("truth", type=Path, help="the world's truth.parquet")
     parser.add_argument("--round", type=int, default=1)
     args = parser.parse_args()
-    judged = filter_judged(loop.layout(args.run_dir, args.round)["capfilt"], args.truth)
+    judged = filter_judged(LoopDir(args.run_dir).capfilt(args.round).root, args.truth)
     rows = [at_threshold(judged, t) for t in THRESHOLDS]
     print("| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]))
     for row in rows:

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from curation.config import TrainConfig
 from curation.models import tiny
 from curation.training import train  # noqa: E402
 from curation.world import synthetic
@@ -45,7 +46,7 @@ def measure(preset: str, batch_size: int, steps: int, warmup: int) -> dict:
 
     The rate is the training log's (step time only: no data preparation, no saving).
     """
-    cfg = train.TrainConfig(
+    cfg = TrainConfig(
         size=preset, batch_size=batch_size, epochs=1, log_every=1, checkpoint_every=10**9
     )
     pairs = make_pairs((warmup + steps) * batch_size, tiny.preset(preset).image_size)

@@ -16,11 +16,13 @@ from prefect.cache_policies import NO_CACHE
 from curation import io
 from curation.config import from_dict
 from curation.pipeline import run, select, steps
-from curation.rundir import RunDir
+from curation.pipeline.run import RunSpec
+from curation.rundir import LoopDir, RunDir
 from curation.training import ablate as ablations
 from curation.training import bootstrap as loop
 from curation.training import evaluate as evaluation
 from curation.training import train, vision
+from curation.training.bootstrap import BootstrapSpec
 from curation.training.data import pairs_from_clean, pairs_from_curated, pairs_from_raw
 from flows.curate import curate
 
@@ -30,11 +32,10 @@ def _say(text: str) -> None:
 
 
 @task(cache_policy=NO_CACHE, task_run_name="download-web")
-def download_web(urls: str, web: str, url_col: str, caption_col: str | None, config: dict):
-    cfg = from_dict(config)
-    web_dir = RunDir(web)
-    shards = run.prepare(web_dir, Path(urls), url_col, caption_col, cfg)
-    return [steps.run_step("download", web_dir, shard, cfg) for shard in shards]
+def download_web(spec: RunSpec):
+    cfg = from_dict(spec.config)
+    shards = run.prepare(spec, cfg)
+    return [steps.run_step("download", spec.run_dir, shard, cfg) for shard in shards]
 
 
 @task(cache_policy=NO_CACHE, task_run_name="pretrain-{model}")
@@ -77,41 +78,38 @@ def capfilt_metrics(web: str, capfilt_run: str, truth: str | None) -> dict:
     return found
 
 
-def _capfilt_pass(
-    urls, out: Path, r: int, url_col, caption_col, config: dict, run_dir: Path | None = None
-) -> str:
+def _capfilt_pass(spec: BootstrapSpec, r: int, config: dict, run_dir: RunDir | None = None) -> str:
     """CapFilt over the (already downloaded) web with round r's fine-tuned models, into
     `run_dir` (default: the round's capfilt folder)."""
-    finetuned = loop.layout(out, r)["finetuned"]
-    run_dir = run_dir or loop.layout(out, r)["capfilt"]
+    dirs = LoopDir(spec.out)
+    finetuned, run_dir = dirs.finetuned(r), run_dir or dirs.capfilt(r)
     capfilt = dict(config.get("capfilt", {}))
     capfilt |= {"captioner": str(finetuned / "captioner"), "filter": str(finetuned / "filter")}
-    config = {**config, "capfilt": capfilt}
-    run.prepare(run_dir, Path(urls), url_col, caption_col, from_dict(config))
-    loop.link_downloads(out / "web", run_dir)
-    curate(urls, str(run_dir), url_col, caption_col, config)
-    return str(run_dir)
+    run_spec = spec.web_spec(str(run_dir.root), {**config, "capfilt": capfilt})
+    run.prepare(run_spec, from_dict(run_spec.config))
+    loop.link_downloads(dirs.web, run_dir)
+    curate(run_spec)
+    return str(run_dir.root)
 
 
-def _ablation(
-    urls, out: Path, url_col, caption_col, config: dict, eval_set: str, eval_truth: str | None
-) -> list[dict]:
-    """One model per data variant (curation.training.ablate), trained on the same example budget."""
-    cfg = from_dict(config)
+def _ablation(spec: BootstrapSpec, config: dict) -> list[dict]:
+    """One model per data variant (curation.training.ablate), trained on the same example
+    budget."""
+    cfg, dirs = from_dict(config), LoopDir(spec.out)
     matcher = select.load_matcher(cfg.select)
-    raw_texts = [text for _, text in pairs_from_raw(out / "web")]
+    raw_texts = [text for _, text in pairs_from_raw(dirs.web)]
     base_pairs = len(raw_texts)
-    eval_texts = evaluation.load_eval_set(eval_set).texts
+    eval_texts = evaluation.load_eval_set(spec.eval_set).texts
     tail = ablations.tail_concepts(matcher, raw_texts, eval_texts)  # rarest in the web's texts
-    scorer = str(loop.layout(out, 1)["finetuned"] / "scorer")
+    scorer = str(dirs.finetuned(1) / "scorer")
     rows = []  # a list: JSON objects are written with sorted keys, rows keep their order
     for name, overrides in ablations.variants(cfg.select.metadata, scorer):
-        texts, model = raw_texts, loop.layout(out, 0)["model"]
+        texts, model = raw_texts, dirs.model(0)
         found = {"pairs": base_pairs, "epochs": cfg.train.epochs}
         if overrides is not None:
-            folder = out / "ablate" / ablations.slug(name)
+            folder = dirs.ablation_variant(ablations.slug(name))
             variant = ablations.with_overrides(config, overrides)
-            run_dir = _capfilt_pass(urls, out, 1, url_col, caption_col, variant, folder / "run")
+            run_dir = _capfilt_pass(spec, 1, variant, RunDir(folder / "run"))
             texts = [text for _, text in pairs_from_curated(run_dir)]
             epochs = ablations.budget_epochs(cfg.train.epochs, base_pairs, len(texts))
             found = {"pairs": len(texts), "epochs": epochs}
@@ -121,65 +119,42 @@ def _ablation(
                 pretrain(run_dir, True, str(model), budget)
         found["gini"] = ablations.concept_gini(matcher, texts)
         if found["pairs"]:
-            scores = evaluate(str(model), eval_set, eval_truth)
+            scores = evaluate(str(model), spec.eval_set, spec.eval_truth)
             found |= {k: v for k, v in scores.items() if k != "samples"}
-            found |= ablations.tail_recall(Path(model), Path(eval_set), matcher, tail)
+            found |= ablations.tail_recall(Path(model), Path(spec.eval_set), matcher, tail)
         rows.append({"data": name, **found})
-        io.write_json({"rows": rows}, out / "ablation.json")
-    (out / "ablation.md").write_text(ablations.table(rows) + "\n")
+        io.write_json({"rows": rows}, dirs.ablation_json)
+    dirs.ablation_md.write_text(ablations.table(rows) + "\n")
     return rows
 
 
 @flow(name="bootstrap")
-def bootstrap(
-    urls: str,
-    clean: str,
-    out: str,
-    eval_set: str | None = None,
-    rounds: int = 1,
-    url_col: str = "url",
-    caption_col: str | None = "caption",
-    config: dict | None = None,
-    truth: str | None = None,
-    eval_truth: str | None = None,
-    ablate: bool = False,
-    labelled: str | None = None,
-) -> dict:
-    """Run `rounds` rounds of BLIP's loop under `out`; returns (and writes) metrics.json.
-
-    `truth` (the synthetic world's truth.parquet) adds noise and filter numbers to each CapFilt
-    pass; `eval_truth` (its eval_truth.parquet) adds the share of true generated captions.
-    `ablate` adds RUN_DIR/ablation.json and ablation.md: one model per data variant
-    (curation.training.ablate), with round 1's fine-tuned models; it needs `eval_set` and a concept
-    list.
-    `labelled` (a LABELLED parquet) pre-trains an image encoder first, into RUN_DIR/vision, and
-    every from-scratch pre-training starts from it (BLIP's ImageNet ViT).
-    """
-    out_dir, config = Path(out), config or {}
-    if labelled:
-        pretrain_vision(labelled, str(out_dir / "vision"), config)
-        trained = {"vision_init": str(out_dir / "vision")}
+def bootstrap(spec: BootstrapSpec) -> dict:
+    """Run `spec.rounds` rounds of BLIP's loop under `spec.out`; returns (and writes)
+    metrics.json. What each option adds: `BootstrapSpec`."""
+    dirs, config = LoopDir(spec.out), spec.config
+    if spec.labelled:
+        pretrain_vision(spec.labelled, str(dirs.vision), config)
+        trained = {"vision_init": str(dirs.vision)}
         config = {**config, "train": {**config.get("train", {}), **trained}}
-    download_web(urls, str(out_dir / "web"), url_col, caption_col, config)
+    download_web(spec.web_spec(str(dirs.web.root), config))
     metrics = {"models": {}, "capfilt": {}}
-    model = str(loop.layout(out_dir, 0)["model"])
-    pretrain(str(out_dir / "web"), False, model, config)
-    for r in range(rounds + 1):
-        if eval_set:
-            metrics["models"][f"round{r}"] = evaluate(model, eval_set, eval_truth)
-            io.write_json(metrics, out_dir / "metrics.json")  # kept if a later step fails
-        if r == rounds:
+    model = str(dirs.model(0))
+    pretrain(str(dirs.web.root), False, model, config)
+    for r in range(spec.rounds + 1):
+        if spec.eval_set:
+            metrics["models"][f"round{r}"] = evaluate(model, spec.eval_set, spec.eval_truth)
+            io.write_json(metrics, dirs.metrics)  # kept if a later step fails
+        if r == spec.rounds:
             break
-        dirs = loop.layout(out_dir, r + 1)
-        finetune(clean, model, str(dirs["finetuned"]), config)
-        capfilt_run = _capfilt_pass(urls, out_dir, r + 1, url_col, caption_col, config)
-        metrics["capfilt"][f"round{r + 1}"] = capfilt_metrics(str(out_dir / "web"), capfilt_run,
-                                                              truth)  # fmt: skip
-        io.write_json(metrics, out_dir / "metrics.json")
-        model = str(dirs["model"])
+        finetune(spec.clean, model, str(dirs.finetuned(r + 1)), config)
+        capfilt_run = _capfilt_pass(spec, r + 1, config)
+        found = capfilt_metrics(str(dirs.web.root), capfilt_run, spec.truth)
+        metrics["capfilt"][f"round{r + 1}"] = found
+        io.write_json(metrics, dirs.metrics)
+        model = str(dirs.model(r + 1))
         pretrain(capfilt_run, True, model, config)
-    if ablate:
-        metrics["ablation"] = _ablation(urls, out_dir, url_col, caption_col, config, eval_set,
-                                        eval_truth)  # fmt: skip
-    io.write_json(metrics, out_dir / "metrics.json")
+    if spec.ablate:
+        metrics["ablation"] = _ablation(spec, config)
+    io.write_json(metrics, dirs.metrics)
     return metrics

@@ -87,10 +87,11 @@ def check_scale_out(args) -> None:
 def cmd_run(args) -> int:
     check_scale_out(args)
     cfg, caption_col = checked_run_config(args)
+    from curation.pipeline.run import RunSpec
     from flows.curate import curate_on
 
-    curate_on(args.urls, args.out, args.url_col, caption_col, cfg.to_dict(), args.workers or 0,
-              args.cluster)  # fmt: skip
+    spec = RunSpec(args.urls, args.out, args.url_col, caption_col, cfg.to_dict())
+    curate_on(spec, args.workers or 0, args.cluster)
     print(stats.report(args.out))
     return 0
 
@@ -160,9 +161,21 @@ def cmd_bootstrap(args) -> int:
     from curation.training import bootstrap as loop
     from flows.bootstrap import bootstrap
 
-    metrics = bootstrap(args.urls, args.clean, args.out, args.eval, args.rounds, args.url_col,
-                        caption_col, cfg.to_dict(), args.truth, args.eval_truth,
-                        args.ablate, args.labelled)  # fmt: skip
+    spec = loop.BootstrapSpec(
+        urls=args.urls,
+        clean=args.clean,
+        out=args.out,
+        eval_set=args.eval,
+        rounds=args.rounds,
+        url_col=args.url_col,
+        caption_col=caption_col,
+        config=cfg.to_dict(),
+        truth=args.truth,
+        eval_truth=args.eval_truth,
+        ablate=args.ablate,
+        labelled=args.labelled,
+    )
+    metrics = bootstrap(spec)
     print(loop.summary_table(metrics))
     if args.ablate:
         print(

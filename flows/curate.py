@@ -19,7 +19,6 @@ RUN_DIR must be on a filesystem every worker sees.
 import importlib.util
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -31,6 +30,7 @@ from prefect_dask import DaskTaskRunner
 
 from curation.config import from_dict
 from curation.pipeline import run, steps
+from curation.pipeline.run import RunSpec
 from curation.pipeline.steps import AFTER_PLAN, BEFORE_PLAN, PLAN, STEPS, Step
 from curation.rundir import RunDir
 from flows.progress import Progress
@@ -87,18 +87,12 @@ def _shards_on_workers(out: str, shards: list[int], config: dict, progress: Prog
 
 
 @flow(name="curate", task_runner=ThreadPoolTaskRunner(max_workers=2))
-def curate(
-    urls: str,
-    out: str,
-    url_col: str = "url",
-    caption_col: str | None = "caption",
-    config: dict | None = None,
-) -> dict:
-    """Curate the URL list at `urls` into `out`; returns the run's counts."""
-    cfg = from_dict(config or {})
+def curate(spec: RunSpec) -> dict:
+    """Curate `spec.urls` into `spec.out`; returns the run's counts."""
+    cfg = from_dict(spec.config)
     started = time.perf_counter()
-    run_dir = RunDir(out)
-    shards = run.prepare(run_dir, Path(urls), url_col, caption_col, cfg)
+    out, run_dir = spec.out, spec.run_dir
+    shards = run.prepare(spec, cfg)
     progress = Progress(len(shards))
     config = cfg.to_dict()
     if isinstance(FlowRunContext.get().task_runner, DaskTaskRunner):
@@ -158,18 +152,9 @@ def api_for_workers():
         yield
 
 
-def curate_on(
-    urls: str,
-    out: str,
-    url_col: str = "url",
-    caption_col: str | None = "caption",
-    config: dict | None = None,
-    workers: int = 0,
-    cluster: str | None = None,
-) -> dict:
+def curate_on(spec: RunSpec, workers: int = 0, cluster: str | None = None) -> dict:
     """Run the curate flow here (default) or on Dask when `workers` / `cluster` ask for it."""
     if not (workers or cluster):
-        return curate(urls, out, url_col, caption_col, config)
+        return curate(spec)
     with api_for_workers():
-        flow_on = curate.with_options(task_runner=dask_runner(workers, cluster))
-        return flow_on(urls, out, url_col, caption_col, config)
+        return curate.with_options(task_runner=dask_runner(workers, cluster))(spec)

@@ -60,10 +60,19 @@ def demo(out: str | Path, ablate: bool = False, overrides: dict | None = None) -
         if ablate:  # the balancing rows need the world's concept list
             config = {**config, "select": {**config["select"], "metadata": str(world.concepts)}}
         run_dir = out / ("run-ablate" if ablate else "run")  # its config differs: own folder
-        metrics = bootstrap(str(urls), str(world.clean), str(run_dir), eval_set=str(world.eval),
-                            rounds=1, config=config, truth=str(world.truth),
-                            eval_truth=str(world.eval_truth), ablate=ablate,
-                            labelled=str(world.labelled))  # fmt: skip
+        spec = loop.BootstrapSpec(
+            str(urls),
+            str(world.clean),
+            str(run_dir),
+            eval_set=str(world.eval),
+            rounds=1,
+            config=config,
+            truth=str(world.truth),
+            eval_truth=str(world.eval_truth),
+            ablate=ablate,
+            labelled=str(world.labelled),
+        )
+        metrics = bootstrap(spec)
     finally:
         server.close()
     print(loop.summary_table(metrics))

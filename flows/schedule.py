@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prefect import flow
 
+from curation.pipeline.run import RunSpec
 from flows.curate import curate_on
 
 
@@ -28,9 +29,11 @@ def scheduled_curate(
     workers: int = 0,
     cluster: str | None = None,
 ) -> dict:
-    """One scheduled run: curate `urls` into OUT_ROOT/<UTC timestamp> (on Dask when asked)."""
-    out = Path(out_root) / run_name()
-    return curate_on(urls, str(out), url_col, caption_col, config, workers, cluster)
+    """One scheduled run: curate `urls` into OUT_ROOT/<UTC timestamp> (on Dask when asked).
+
+    Flat parameters, not a RunSpec: they are the deployment's form in the Prefect UI."""
+    out = str(Path(out_root) / run_name())
+    return curate_on(RunSpec(urls, out, url_col, caption_col, config or {}), workers, cluster)
 
 
 def serve(name: str, cron: str, parameters: dict) -> None:

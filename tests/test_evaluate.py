@@ -3,9 +3,10 @@
 import pyarrow as pa
 import pytest
 
+from curation.config import TrainConfig
 from curation.io import write_parquet
 from curation.training import evaluate, train
-from curation.training.train import TrainConfig
+from curation.training.data import pairs_from_clean
 from curation.world import synthetic
 
 RED = synthetic.Scene("white", (synthetic.Obj("circle", "red", "large", "center"),))
@@ -87,7 +88,7 @@ def trained(tmp_path_factory):
     """A tiny model pretrained on a small world's clean set, and that world."""
     root = tmp_path_factory.mktemp("world")
     world = synthetic.write_world(root, n_web=60, clean_frac=0.5, n_eval=8, image_size=(32, 40))
-    train.pretrain(train.pairs_from_clean(world.clean), root / "model", TrainConfig(**TRAIN))
+    train.pretrain(pairs_from_clean(world.clean), root / "model", TrainConfig(**TRAIN))
     return root / "model", world
 
 

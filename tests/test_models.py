@@ -1,6 +1,7 @@
 """The model layer on tiny BLIP checkpoints built from config and saved to a temporary folder."""
 
 import copy
+import dataclasses
 import importlib.util
 import string
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from curation.config import Sampling
 from curation.models import blip as models
 from curation.models import tiny
 
@@ -88,25 +90,25 @@ def test_preprocess_shapes_and_modes(captioner):
 def test_generate_shape_prompt_and_determinism(captioner):
     pv = pixels(captioner, 2)
     rng_before = torch.get_rng_state()
-    kwargs = dict(num_captions=3, max_new_tokens=8, min_new_tokens=3)
-    first = captioner.generate(pv, seed=7, **kwargs)
+    sampling = Sampling(num_captions=3, max_new_tokens=8, min_new_tokens=3)
+    first = captioner.generate(pv, sampling, seed=7)
     assert torch.equal(torch.get_rng_state(), rng_before)  # global RNG untouched
     assert [len(c) for c in first] == [3, 3]
     for caption in (c for per_image in first for c in per_image):
         assert caption and caption == " ".join(caption.split())
         assert not caption.startswith("a picture of")
         assert "[" not in caption  # no [DEC] / [SEP] / [PAD] left
-    assert captioner.generate(pv, seed=7, **kwargs) == first
-    assert captioner.generate(pv, seed=8, **kwargs) != first
-    assert captioner.generate(pv, num_captions=0) == [[], []]
+    assert captioner.generate(pv, sampling, seed=7) == first
+    assert captioner.generate(pv, sampling, seed=8) != first
+    assert captioner.generate(pv, Sampling(num_captions=0)) == [[], []]
 
 
 def test_an_images_captions_do_not_depend_on_its_batch(captioner):
     pv = pixels(captioner, 4)
-    kwargs = dict(num_captions=2, max_new_tokens=8, min_new_tokens=3)
-    together = captioner.generate(pv, seed=[11, 12, 13, 14], **kwargs)
-    alone = [captioner.generate(pv[i : i + 1], seed=[11 + i], **kwargs)[0] for i in range(4)]
-    reordered = captioner.generate(pv[[2, 0]], seed=[13, 11], **kwargs)
+    sampling = Sampling(num_captions=2, max_new_tokens=8, min_new_tokens=3)
+    together = captioner.generate(pv, sampling, seed=[11, 12, 13, 14])
+    alone = [captioner.generate(pv[i : i + 1], sampling, seed=[11 + i])[0] for i in range(4)]
+    reordered = captioner.generate(pv[[2, 0]], sampling, seed=[13, 11])
     assert together == alone
     assert reordered == [together[2], together[0]]
     assert len({tuple(c) for c in together}) > 1  # the seeds matter
@@ -234,3 +236,17 @@ def test_a_checkpoint_of_the_other_model_is_refused_not_loaded_half_random(check
         models.load_filter(str(captioner_dir), CPU, torch.float32)
     with pytest.raises(models.ModelSourceError, match="not a BlipForConditionalGeneration"):
         models.load_captioner(str(filter_dir), CPU, torch.float32)
+
+
+def test_every_sampling_setting_reaches_the_decoder(captioner):
+    """Sampling settings change the captions (a positional call once dropped one). A random
+    model's logits are nearly flat, so its samples follow the noise, not the prompt, and it
+    rarely samples [SEP]: prompt and min_new_tokens show no effect here."""
+    pv = pixels(captioner, 4)
+    base = Sampling(num_captions=2, max_new_tokens=30, min_new_tokens=30)
+    first = captioner.generate(pv, base, seed=[1, 2, 3, 4])
+    # a penalty below 1 rewards repeating a token whose logit is positive: the captions repeat
+    changes = [{"repetition_penalty": 0.01}, {"top_p": 0.3}, {"max_new_tokens": 31}]
+    for change in changes:
+        again = captioner.generate(pv, dataclasses.replace(base, **change), seed=[1, 2, 3, 4])
+        assert again != first, change

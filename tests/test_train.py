@@ -9,11 +9,24 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from curation import schema
+from curation.config import Sampling, TrainConfig
 from curation.io import write_parquet
 from curation.models import blip as models
 from curation.models import tiny
 from curation.training import train
-from curation.training.train import TrainConfig, TrainDirError
+from curation.training.checkpoints import TrainDirError
+from curation.training.data import (
+    PairData,
+    make_batch,
+    pairs_from_clean,
+    pairs_from_curated,
+    pairs_from_raw,
+    prepare_pairs,
+    tokenize_pairs,
+)
+from curation.training.losses import OBJECTIVES, itc_loss, sample_negatives
+from curation.training.modeling import build_models
+from curation.training.schedule import batch_indices, lr_at
 from curation.world import synthetic
 
 # Tiny models on 81 pairs (30 images): 100 steps in a few seconds on one CPU core. A higher
@@ -42,7 +55,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clean_pairs(world):
-    return train.pairs_from_clean(world.clean)
+    return pairs_from_clean(world.clean)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +93,7 @@ def test_pairs_from_raw_keeps_successes_with_text(tmp_path):
     write_parquet(
         pa.Table.from_pylist(rows, schema.RAW), tmp_path / "raw/00000.parquet", schema.RAW
     )
-    assert train.pairs_from_raw(tmp_path) == [(b"A", "a red circle"), (b"E", "IMG_0001.jpg")]
+    assert pairs_from_raw(tmp_path) == [(b"A", "a red circle"), (b"E", "IMG_0001.jpg")]
 
 
 def test_pairs_from_curated_takes_every_kept_candidate(tmp_path):
@@ -95,11 +108,11 @@ def test_pairs_from_curated_takes_every_kept_candidate(tmp_path):
         table = pa.Table.from_pylist([row], schema.CURATED)
         write_parquet(table, tmp_path / f"shards/{shard:05d}.parquet", schema.CURATED)
     expected = [(b"A", "web"), (b"A", "syn"), (b"B", "kept")]
-    assert train.pairs_from_curated(tmp_path) == expected
+    assert pairs_from_curated(tmp_path) == expected
 
 
 def test_pairs_from_clean_reads_every_caption(world):
-    pairs = train.pairs_from_clean(world.clean)
+    pairs = pairs_from_clean(world.clean)
     table = pa.parquet.read_table(world.clean)
     assert len(pairs) == len(table)
     assert pairs[0] == (table["image"][0].as_py(), table["caption"][0].as_py())
@@ -108,7 +121,7 @@ def test_pairs_from_clean_reads_every_caption(world):
 def test_prepare_pairs_decodes_each_image_once_and_counts_bad_ones():
     processor = tiny.make_processor("tiny", tiny.load_tokenizer())
     pairs = [(jpeg("white"), "a"), (jpeg("white"), "b"), (b"<html>", "c"), (jpeg("black"), "d")]
-    data = train.prepare_pairs(pairs, processor)
+    data = prepare_pairs(pairs, processor)
     assert data.texts == ["a", "b", "d"]
     assert data.image_of.tolist() == [0, 0, 1]  # the two white images are one row
     assert data.pixels.shape == (2, 3, 32, 32) and data.skipped == 1
@@ -117,7 +130,7 @@ def test_prepare_pairs_decodes_each_image_once_and_counts_bad_ones():
 def test_tokenize_pairs_scores_the_caption_not_the_prompt():
     tokenizer = tiny.load_tokenizer()
     cfg = TrainConfig(prompt="a picture of ")
-    tokens = train.tokenize_pairs(["a red circle", "a blue star on the left"], tokenizer, cfg)
+    tokens = tokenize_pairs(["a red circle", "a blue star on the left"], tokenizer, cfg)
     assert tokens.lm_ids[:, 0].tolist() == [tokenizer.bos_token_id] * 2  # [DEC], not [CLS]
     prompt = len(tokenizer("a picture of")["input_ids"]) - 1  # [CLS] a picture of
     assert (tokens.lm_labels[:, :prompt] == -100).all()
@@ -136,13 +149,13 @@ def positives(image_of: list[int]) -> torch.Tensor:
 
 def test_itc_loss_is_low_for_aligned_features_and_spreads_targets_over_positives():
     feats = torch.eye(4)  # (4, 4) orthonormal features
-    aligned, _ = train.itc_loss(feats, feats, positives([0, 1, 2, 3]), temperature=0.05)
-    shifted, _ = train.itc_loss(feats, feats.roll(1, 0), positives([0, 1, 2, 3]), 0.05)
+    aligned, _ = itc_loss(feats, feats, positives([0, 1, 2, 3]), temperature=0.05)
+    shifted, _ = itc_loss(feats, feats.roll(1, 0), positives([0, 1, 2, 3]), 0.05)
     assert aligned < 0.01 < 10 < shifted
     # Pairs 0 and 1 show the same image: each of their texts is half the target of either.
     generator = torch.Generator().manual_seed(0)
     images, texts = (F.normalize(torch.randn(4, 8, generator=generator), dim=-1) for _ in "it")
-    loss, _ = train.itc_loss(images, texts, positives([0, 0, 2, 3]), temperature=0.1)
+    loss, _ = itc_loss(images, texts, positives([0, 0, 2, 3]), temperature=0.1)
     i2t = torch.log_softmax(images @ texts.t() / 0.1, dim=1)
     t2i = torch.log_softmax(texts @ images.t() / 0.1, dim=1)
 
@@ -154,13 +167,11 @@ def test_itc_loss_is_low_for_aligned_features_and_spreads_targets_over_positives
 
 def test_the_same_text_on_two_images_is_a_positive_not_a_negative():
     pixels = torch.zeros(3, 3, 4, 4)
-    data = train.PairData(
-        pixels, torch.tensor([0, 1, 2]), torch.tensor([0, 1, 0]), list("aba"), 0, ""
-    )
-    tokens = train.tokenize_pairs(
+    data = PairData(pixels, torch.tensor([0, 1, 2]), torch.tensor([0, 1, 0]), list("aba"), 0, "")
+    tokens = tokenize_pairs(
         ["untitled", "a red circle", "untitled"], tiny.load_tokenizer(), TrainConfig()
     )
-    batch = train._make_batch(pixels, data, tokens, torch.arange(3), torch.device("cpu"))
+    batch = make_batch(pixels, data, tokens, torch.arange(3), torch.device("cpu"))
     assert batch.positive.tolist() == [
         [True, False, True],
         [False, True, False],
@@ -172,13 +183,13 @@ def test_hard_negatives_follow_similarity_and_skip_the_same_image():
     sim = torch.zeros(4, 4)
     sim[0, 2] = sim[2, 0] = 50.0  # text 2 looks like image 0's match, and image 0 like text 2's
     same = positives([0, 0, 2, 3])
-    picks = [train.sample_negatives(sim, same, torch.Generator().manual_seed(s)) for s in range(20)]
+    picks = [sample_negatives(sim, same, torch.Generator().manual_seed(s)) for s in range(20)]
     assert all(neg_text[0] == 2 and neg_image[2] == 0 for neg_text, neg_image in picks)
     for neg_text, neg_image in picks:  # never the image's own texts (0 and 1 share an image)
         assert not same[torch.arange(4), neg_text].any()
         assert not same[neg_image, torch.arange(4)].any()
     uniform = [
-        train.sample_negatives(sim, same, torch.Generator().manual_seed(s), hard=False)[0][0]
+        sample_negatives(sim, same, torch.Generator().manual_seed(s), hard=False)[0][0]
         for s in range(20)
     ]
     assert {2, 3} == set(int(u) for u in uniform)
@@ -186,17 +197,17 @@ def test_hard_negatives_follow_similarity_and_skip_the_same_image():
 
 def test_batches_cover_each_pair_once_per_epoch_and_group_lengths():
     lengths = torch.randint(3, 40, (100,), generator=torch.Generator().manual_seed(0))
-    epoch = [train.batch_indices(lengths, 10, seed=1, step=s) for s in range(10)]
+    epoch = [batch_indices(lengths, 10, seed=1, step=s) for s in range(10)]
     assert sorted(torch.cat(epoch).tolist()) == list(range(100))
-    assert torch.equal(epoch[3], train.batch_indices(lengths, 10, seed=1, step=3))
-    assert not torch.equal(epoch[0], train.batch_indices(lengths, 10, seed=1, step=10))
+    assert torch.equal(epoch[3], batch_indices(lengths, 10, seed=1, step=3))
+    assert not torch.equal(epoch[0], batch_indices(lengths, 10, seed=1, step=10))
     padded = sum(int(lengths[b].max()) * len(b) for b in epoch)
     random_padded = sum(int(lengths[b].max()) * 10 for b in torch.randperm(100).view(10, 10))
     assert padded < 0.8 * random_padded
 
 
 def test_lr_warms_up_then_decays_to_zero():
-    lrs = [train.lr_at(s, 100, 1.0, warmup=10) for s in range(100)]
+    lrs = [lr_at(s, 100, 1.0, warmup=10) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
     assert lrs[-1] < 0.01
@@ -222,7 +233,7 @@ def test_each_objective_loss_falls(pretrained):
     def mean(name, part):
         return sum(e[name] for e in part) / len(part)
 
-    for name in train.OBJECTIVES:
+    for name in OBJECTIVES:
         assert mean(name, last) < mean(name, first), name
     # Below what a model that ignores its input reaches: log(batch) for ITC (the collapsed
     # plateau), predicting the 1:2 match prior for ITM (0.64), a uniform vocabulary for LM.
@@ -238,7 +249,7 @@ def test_outputs_load_with_the_model_layer(pretrained):
     filt = models.load_filter(str(out / "filter"), device, dtype)
     scorer = models.load_filter(str(out / "scorer"), device, dtype)
     pixels = models.preprocess(filt.processor, [synthetic.render_scene(SCENE, 32, 32)] * 2)
-    captions = captioner.generate(pixels, num_captions=2, max_new_tokens=5)
+    captions = captioner.generate(pixels, Sampling(num_captions=2, max_new_tokens=5))
     assert [len(c) for c in captions] == [2, 2]
     itm, itc = filt.score(pixels, [["a red circle"], ["a blue star", "a red circle"]])
     assert [len(x) for x in itm] == [1, 2] and all(0 <= p <= 1 for p in itm[1])
@@ -249,9 +260,9 @@ def test_outputs_load_with_the_model_layer(pretrained):
 
 def test_pretraining_shares_one_vision_module(pretrained):
     cfg = TrainConfig(**LEARN)
-    captioner, filt, _ = train.build_models(cfg, share_vision=True)
+    captioner, filt, _ = build_models(cfg, share_vision=True)
     assert captioner.vision_model is filt.vision_model
-    separate, _, _ = train.build_models(cfg, share_vision=False)
+    separate, _, _ = build_models(cfg, share_vision=False)
     assert separate.vision_model is not filt.vision_model
     out, _ = pretrained
     cap_vision = vision_weights(out / "captioner")
@@ -285,7 +296,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, clean_pairs)
     assert all(torch.equal(resumed[k], expected[k]) for k in expected)
 
     def losses(run):
-        return [{k: e[k] for k in train.OBJECTIVES} for e in run["jobs"]["pretrain"]["log"]]
+        return [{k: e[k] for k in OBJECTIVES} for e in run["jobs"]["pretrain"]["log"]]
 
     assert losses(log) == losses(reference)
 

@@ -6,11 +6,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from transformers import BlipVisionModel
 
 from curation import schema
 from curation.config import ConfigError, TrainConfig
 from curation.io import write_parquet
-from curation.training import train, vision
+from curation.training import vision
+from curation.training.checkpoints import training_fingerprint
+from curation.training.modeling import build_models
+from curation.training.vision_init import LOG_FILE
 from curation.world import synthetic
 from flows import cli
 
@@ -51,11 +55,11 @@ def test_label_auc_is_one_zero_and_one_half_where_it_should_be():
 
 def test_a_from_scratch_model_starts_from_the_encoder(encoder):
     out, _ = encoder
-    _, filt, _ = train.build_models(TrainConfig(size="tiny", vision_init=str(out)))
-    saved = vision.BlipVisionModel.from_pretrained(out).state_dict()
+    _, filt, _ = build_models(TrainConfig(size="tiny", vision_init=str(out)))
+    saved = BlipVisionModel.from_pretrained(out).state_dict()
     loaded = filt.vision_model.state_dict()
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)
-    _, random_filt, _ = train.build_models(TrainConfig(size="tiny"))
+    _, random_filt, _ = build_models(TrainConfig(size="tiny"))
     key = "embeddings.patch_embedding.weight"
     assert not torch.equal(random_filt.vision_model.state_dict()[key], loaded[key])
 
@@ -64,8 +68,8 @@ def test_vision_init_is_part_of_the_training_fingerprint(encoder, tmp_path):
     out, _ = encoder
 
     def fingerprint(vision_init: str) -> str:
-        return train._fingerprint("pretrain", TrainConfig(size="tiny", vision_init=vision_init),
-                                  "data", None)  # fmt: skip
+        return training_fingerprint("pretrain", TrainConfig(size="tiny", vision_init=vision_init),
+                                    "data", None)  # fmt: skip
 
     moved = tmp_path / "moved"
     moved.symlink_to(out)  # the same weights under another path: the same training
@@ -81,9 +85,9 @@ def test_finished_pretraining_is_not_redone(encoder, labelled, capsys):
 def test_other_sizes_and_unfinished_folders_are_refused(encoder, tmp_path):
     out, _ = encoder
     with pytest.raises(ConfigError, match="other sizes"):
-        train.build_models(TrainConfig(size="mini", vision_init=str(out)))
+        build_models(TrainConfig(size="mini", vision_init=str(out)))
     with pytest.raises(ConfigError, match="no finished"):
-        train.build_models(TrainConfig(size="tiny", vision_init=str(tmp_path)))
+        build_models(TrainConfig(size="tiny", vision_init=str(tmp_path)))
 
 
 def test_settings_that_cannot_train_fail_before_any_work(labelled, tmp_path):
@@ -108,7 +112,7 @@ def test_cli_writes_the_encoder_and_refuses_a_set_without_labels(labelled, tmp_p
     argv = ["pretrain-vision", "--labelled", str(labelled), "--out", str(tmp_path / "enc"),
             "--config", str(tmp_path / "cfg.toml")]  # fmt: skip
     assert cli.main(argv) == 0
-    assert (tmp_path / "enc" / vision.LOG_FILE).is_file()
+    assert (tmp_path / "enc" / LOG_FILE).is_file()
     assert "vision_init" in capsys.readouterr().out
     pq.write_table(pa.table({"image": [b"x"], "caption": ["a"]}), tmp_path / "c.parquet")
     argv[2] = str(tmp_path / "c.parquet")

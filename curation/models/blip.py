@@ -33,7 +33,7 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from curation.config import ConfigError
+from curation.config import ConfigError, Sampling
 
 # "org/name" or a bare legacy name ("bert-base-uncased"): what a Hugging Face hub id looks like.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -187,32 +187,26 @@ class Captioner(_Loaded):
     model: BlipForConditionalGeneration
 
     def generate(
-        self,
-        pixel_values: torch.Tensor,
-        num_captions: int,
-        prompt: str = "a picture of",
-        top_p: float = 0.9,
-        min_new_tokens: int = 5,
-        max_new_tokens: int = 30,
-        seed: int | list[int] = 0,
-        repetition_penalty: float = 1.1,
+        self, pixel_values: torch.Tensor, sampling: Sampling, seed: int | list[int] = 0
     ) -> list[list[str]]:
-        """`num_captions` nucleus-sampled captions per image, prompt removed.
+        """`sampling.num_captions` nucleus-sampled captions per image, prompt removed.
 
-        Sampling follows BLIP's `generate(sample=True)`: top_k off, top_p 0.9, repetition
-        penalty 1.1, decoding from "[DEC] a picture of". `seed` is one seed per image (an int:
-        the same for all): an image's captions depend on its seed alone, not on the other
-        images in the batch (`PerRowSampler`). The global torch RNG is not touched.
+        pixel_values: (images, 3, H, W). Sampling follows BLIP's `generate(sample=True)`: top_k
+        off, top_p 0.9, repetition penalty 1.1, decoding from "[DEC] a picture of". `seed` is
+        one seed per image (an int: the same for all): an image's captions depend on its seed
+        alone, not on the other images in the batch (`PerRowSampler`). The global torch RNG is
+        not touched.
         """
         pixel_values = self.to_device(pixel_values)  # no-op when already there
-        num_images = pixel_values.shape[0]
+        num_images, num_captions = pixel_values.shape[0], sampling.num_captions
         if num_captions <= 0 or num_images == 0:
             return [[] for _ in range(num_images)]
         seeds = [seed] * num_images if isinstance(seed, int) else list(seed)
-        prompt_ids = self.tokenize([prompt], max_tokens=64)["input_ids"]  # (1, P): [CLS] .. [SEP]
+        # (1, P): [CLS] .. [SEP]
+        prompt_ids = self.tokenize([sampling.prompt], max_tokens=64)["input_ids"]
         rows = num_images * num_captions  # image-major: image i's captions are rows i*K..i*K+K-1
         keys = [(s, k) for s in seeds for k in range(num_captions)]
-        sampler = PerRowSampler(keys, top_p, self.device)
+        sampler = PerRowSampler(keys, sampling.top_p, self.device)
         text = self.model.config.text_config
         input_ids = prompt_ids.repeat(rows, 1)[:, :-1]  # drop [SEP]: the prompt is continued
         input_ids[:, 0] = text.bos_token_id  # [CLS] -> [DEC], as BlipForConditionalGeneration
@@ -229,9 +223,9 @@ class Captioner(_Loaded):
                 eos_token_id=text.sep_token_id,
                 pad_token_id=text.pad_token_id,
                 do_sample=False,  # PerRowSampler draws; greedy decoding then takes its pick
-                repetition_penalty=repetition_penalty,
-                min_new_tokens=min_new_tokens,
-                max_new_tokens=max_new_tokens,
+                repetition_penalty=sampling.repetition_penalty,
+                min_new_tokens=sampling.min_new_tokens,
+                max_new_tokens=sampling.max_new_tokens,
                 logits_processor=LogitsProcessorList([sampler]),
             )  # (rows, P - 1 + new)
         texts = self._strip_prompt(sequences, prompt_ids)

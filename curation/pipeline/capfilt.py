@@ -117,19 +117,7 @@ class ShardResult:
 
 def _score_batch(batch: Batch, texts_in: list, captioner, filt, cfg, sample_ids) -> list:
     seeds = [image_seed(cfg.seed, i) for i in sample_ids]
-    captions = (
-        captioner.generate(
-            batch.captioner_pixels,
-            cfg.num_captions,
-            cfg.prompt,
-            cfg.top_p,
-            cfg.min_new_tokens,
-            cfg.max_new_tokens,
-            seeds,
-        )
-        if cfg.num_captions
-        else [[] for _ in batch.rows]
-    )
+    captions = captioner.generate(batch.captioner_pixels, cfg.sampling(), seeds)
     pairs = [candidate_texts(w, c) for w, c in zip(texts_in, captions, strict=True)]
     itm, itc = filt.score(batch.filter_pixels, [[t for t, _ in p] for p in pairs])
     return [

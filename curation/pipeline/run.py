@@ -6,6 +6,7 @@ up (manifest, `curate runs`). The steps in between are `pipeline.steps`; the lay
 import hashlib
 import json
 from collections import Counter
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -16,21 +17,42 @@ from curation.pipeline.steps import STEPS
 from curation.rundir import RunDir
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """What `curate run` curates: a URL list (Parquet, CSV, TSV or JSONL) into a run directory,
+    with a configuration (`RunConfig.to_dict()`; {} = the defaults)."""
+
+    urls: str
+    out: str
+    url_col: str = "url"
+    caption_col: str | None = "caption"  # None: the list has no alt-text
+    config: dict = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> RunDir:
+        return RunDir(self.out)
+
+
 class RunDirError(ConfigError):
     """RUN_DIR already holds a different run."""
 
 
-def _fingerprint(urls_path: Path, url_col: str, caption_col: str | None, cfg: RunConfig) -> str:
-    digest = hashlib.sha256(Path(urls_path).read_bytes())
-    digest.update(json.dumps([url_col, caption_col, cfg.to_dict()], sort_keys=True).encode())
+def _fingerprint(spec: RunSpec, cfg: RunConfig) -> str:
+    digest = hashlib.sha256(Path(spec.urls).read_bytes())
+    digest.update(
+        json.dumps([spec.url_col, spec.caption_col, cfg.to_dict()], sort_keys=True).encode()
+    )
     return digest.hexdigest()
 
 
-def prepare(
-    run_dir: RunDir, urls_path: Path, url_col: str, caption_col: str | None, cfg: RunConfig
-) -> list[int]:
-    """Validate the URL list, cut it into input shards (once) and return the shard numbers."""
-    fingerprint = _fingerprint(urls_path, url_col, caption_col, cfg)
+def prepare(spec: RunSpec, cfg: RunConfig) -> list[int]:
+    """Validate the URL list, cut it into input shards (once) and return the shard numbers.
+
+    Raises:
+        RunDirError: the run directory holds a run of another URL list or configuration.
+        ConfigError: the URL list cannot be read (urls.read_url_list).
+    """
+    run_dir, fingerprint = spec.run_dir, _fingerprint(spec, cfg)
     if run_dir.run_json.exists():
         io.remove_partial_files(run_dir.root)  # a killed run's half-written files
         known = json.loads(run_dir.run_json.read_text())
@@ -39,13 +61,13 @@ def prepare(
                 f"{run_dir.root} holds a run of another URL list or configuration; use a new --out"
             )
         return list(range(known["shards"]))
-    table = urls.read_url_list(urls_path, url_col, caption_col)
+    table = urls.read_url_list(spec.urls, spec.url_col, spec.caption_col)
     parts = urls.split_shards(table, cfg.sharding.shard_size)
     for shard, part in enumerate(parts):
         io.write_parquet(part, run_dir.shard_file("input", shard), schema.INPUT)
     known = {
-        "fingerprint": fingerprint, "urls": str(urls_path), "url_col": url_col,
-        "caption_col": caption_col, "rows": len(table), "shards": len(parts),
+        "fingerprint": fingerprint, "urls": str(Path(spec.urls)), "url_col": spec.url_col,
+        "caption_col": spec.caption_col, "rows": len(table), "shards": len(parts),
         "config": cfg.to_dict(),
     }  # fmt: skip
     io.write_json(known, run_dir.run_json)

@@ -1,6 +1,7 @@
 """BLIP's bootstrapping loop on disk, and the numbers that say whether CapFilt worked.
 
-Layout of a bootstrap RUN_DIR (each step skipped when its output exists):
+Layout of a bootstrap folder (`curation.rundir.LoopDir`; each step skipped when its output
+exists):
     web/                the web, downloaded once (a run directory with raw/ only)
     vision/             the image encoder pre-trained on a labelled set (with --labelled)
     round0/model/       pre-trained on the raw web pairs
@@ -8,33 +9,53 @@ Layout of a bootstrap RUN_DIR (each step skipped when its output exists):
     roundR/capfilt/     `curate run` over the web with that captioner and filter
     roundR/model/       pre-trained from scratch on roundR/capfilt's curated pairs
     metrics.json        every model's eval numbers, every CapFilt pass's noise ratio
+    ablate/, ablation.json, ablation.md  with --ablate
 """
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from curation import io, sql
+from curation.pipeline.run import RunSpec
+from curation.rundir import RunDir
 from curation.world import synthetic
 
 
-def layout(out: Path, round_no: int) -> dict[str, Path]:
-    """Folders of one round (round 0 has only `model`)."""
-    base = Path(out) / f"round{round_no}"
-    return {"model": base / "model", "finetuned": base / "finetuned", "capfilt": base / "capfilt"}
+@dataclass(frozen=True)
+class BootstrapSpec:
+    """What `curate bootstrap` runs: BLIP's loop over a web URL list, under `out` (LoopDir)."""
+
+    urls: str  # the web's URL list, as `curate run --urls`
+    clean: str  # CLEAN parquet (image, caption): BLIP's human-captioned set, for fine-tuning
+    out: str
+    eval_set: str | None = None  # EVAL parquet: recall@K and captioning metrics per model
+    rounds: int = 1
+    url_col: str = "url"
+    caption_col: str | None = "caption"
+    config: dict = field(default_factory=dict)  # RunConfig.to_dict()
+    truth: str | None = None  # the synthetic world's truth.parquet: noise numbers per pass
+    eval_truth: str | None = None  # its eval_truth.parquet: share of true generated captions
+    ablate: bool = False  # one model per data variant after round 1 (ablation.json, .md)
+    labelled: str | None = None  # LABELLED parquet: image-encoder pre-training (BLIP's ViT)
+
+    def web_spec(self, out: str, config: dict) -> RunSpec:
+        """A curation run of the web's URL list into `out` with `config`."""
+        return RunSpec(self.urls, out, self.url_col, self.caption_col, config)
 
 
-def link_downloads(web_run: Path, run_dir: Path) -> None:
+def link_downloads(web_run: RunDir, run_dir: RunDir) -> None:
     """Give `run_dir` the web run's downloads (hard links + markers): download once, reuse."""
-    for marker in sorted((Path(web_run) / "_done" / "download").glob("*.json")):
+    for marker in web_run.markers("download"):
         shard = int(marker.stem)
-        target = Path(run_dir) / "raw" / f"{marker.stem}.parquet"
+        target = run_dir.shard_file("raw", shard)
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(Path(web_run) / "raw" / f"{marker.stem}.parquet", target)
-        io.write_marker(run_dir, "download", shard, json.loads(marker.read_text()))
+            os.link(web_run.shard_file("raw", shard), target)
+        io.write_json(json.loads(marker.read_text()), run_dir.marker("download", shard))
 
 
 def noise_ratio(run_dir: Path) -> dict:

@@ -26,16 +26,17 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BlipVisionModel
 
 from curation.config import ConfigError, TrainConfig
 from curation.io import write_json
 from curation.models.blip import pick_device
-from curation.training import train
+from curation.training.data import pixels_of
+from curation.training.modeling import build_models
+from curation.training.schedule import lr_at, steps_per_epoch
+from curation.training.train import check_config
+from curation.training.vision_init import LOG_FILE, finished_fingerprint
 
 HELD_OUT_EVERY = 10  # every 10th image is held out to measure the encoder, never trained on
-LOG_FILE = "vision_log.json"  # written last: marks the folder finished
-SIZE_FIELDS = ("image_size", "patch_size", "hidden_size", "num_hidden_layers")
 
 
 def load_labelled(path: str | Path) -> tuple[list[bytes], list[list[str]]]:
@@ -58,7 +59,7 @@ def _fingerprint(cfg: TrainConfig, images: list[bytes], labels: list[list[str]])
 
 def _decode(images: list[bytes], labels: list[list[str]], processor):
     """(pixels, targets, vocabulary, skipped): undecodable images counted, not raised."""
-    pixels, keep = train.pixels_of(images, processor)
+    pixels, keep = pixels_of(images, processor)
     vocab = sorted({name for i in keep for name in labels[i]})
     targets = torch.zeros(len(keep), len(vocab))
     column = {name: j for j, name in enumerate(vocab)}
@@ -104,7 +105,7 @@ def _train(vision, head, pixels, targets, cfg: TrainConfig, device) -> list[dict
     """AdamW on binary cross-entropy over shuffled batches; the mean loss per log_every steps."""
     params = list(vision.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=cfg.weight_decay)
-    per_epoch = train.steps_per_epoch(len(pixels), cfg.vision_batch_size)
+    per_epoch = steps_per_epoch(len(pixels), cfg.vision_batch_size)
     total = per_epoch * cfg.vision_epochs
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.cat([torch.randperm(len(pixels), generator=generator)
@@ -113,7 +114,7 @@ def _train(vision, head, pixels, targets, cfg: TrainConfig, device) -> list[dict
     for step in range(total):
         index = order[step * cfg.vision_batch_size : (step + 1) * cfg.vision_batch_size]
         for group in optimizer.param_groups:
-            group["lr"] = train.lr_at(step, total, cfg.vision_lr, cfg.warmup)
+            group["lr"] = lr_at(step, total, cfg.vision_lr, cfg.warmup)
         logits = _logits(vision, head, pixels[index].to(device))
         loss = F.binary_cross_entropy_with_logits(logits, targets[index].to(device))
         optimizer.zero_grad(set_to_none=True)
@@ -145,25 +146,17 @@ def _save(vision: nn.Module, processor, log: dict, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def finished_fingerprint(folder: str | Path) -> str:
-    """The fingerprint of a finished vision pre-training in `folder`; ConfigError if none."""
-    path = Path(folder) / LOG_FILE
-    if not path.exists():
-        raise ConfigError(f"[train] vision_init: no finished `curate pretrain-vision` in {folder}")
-    return json.loads(path.read_text())["fingerprint"]
-
-
 def pretrain_vision(labelled: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None):
     """Train an image encoder of `cfg.size` on a labelled set; writes it to `out_dir` (a
     BlipVisionModel folder + vision_log.json) and returns the log."""
     cfg = cfg or TrainConfig()
-    train.check_config(cfg)
+    check_config(cfg)
     images, labels = load_labelled(labelled)
     out, fingerprint = Path(out_dir), _fingerprint(cfg, images, labels)
     if (out / LOG_FILE).exists() and finished_fingerprint(out) == fingerprint:
         print(f"[vision] {out} already finished; not redone", file=sys.stderr, flush=True)
         return json.loads((out / LOG_FILE).read_text())
-    _, filt, processor = train.build_models(dataclasses.replace(cfg, vision_init=""))
+    _, filt, processor = build_models(dataclasses.replace(cfg, vision_init=""))
     pixels, targets, vocab, skipped = _decode(images, labels, processor)
     held = torch.arange(len(pixels)) % HELD_OUT_EVERY == 0
     if (~held).sum() < 2 or not vocab:
@@ -187,15 +180,3 @@ def pretrain_vision(labelled: str | Path, out_dir: str | Path, cfg: TrainConfig 
            "seconds": seconds, "config": dataclasses.asdict(cfg)}  # fmt: skip
     _save(vision.cpu(), processor, log, out)
     return log
-
-
-def load_into(filt, folder: str | Path) -> None:
-    """Copy a `pretrain_vision` encoder into a from-scratch model; its sizes must match."""
-    finished_fingerprint(folder)
-    vision = BlipVisionModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
-    want, have = filt.vision_model.config, vision.config
-    differs = [k for k in SIZE_FIELDS if getattr(want, k) != getattr(have, k)]
-    if differs:
-        raise ConfigError(f"[train] vision_init {folder} has other sizes than [train] size "
-                          f"({', '.join(differs)}); pre-train it at the same size")  # fmt: skip
-    filt.vision_model.load_state_dict(vision.state_dict())

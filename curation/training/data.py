@@ -1,0 +1,168 @@
+"""Training data: (image, text) pairs read from a run or a clean set, decoded, preprocessed
+and tokenized once, and sliced into batches; the pairs' digest that a resume checks."""
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from transformers import BlipProcessor
+
+from curation.config import CapFiltConfig, TrainConfig
+from curation.models.blip import preprocess
+from curation.pipeline.images import decode_image
+from curation.rundir import RunDir
+
+MIN_IMAGE_SIDE = 8  # as CapFiltConfig.min_image_side: smaller images are not training data
+MAX_IMAGE_PIXELS = CapFiltConfig().max_image_pixels  # the curation run's bomb guard
+PREPROCESS_CHUNK = 256  # images per preprocess call: bounds peak memory of the PIL -> tensor step
+
+
+def pairs_from_curated(run_dir: str | Path) -> list[tuple[bytes, str]]:
+    """(image bytes, text) for every KEPT candidate of every curated row (shards/*.parquet).
+
+    BLIP pre-trains on the bootstrapped set: each web or synthetic text that passed the
+    filter is a training pair with its image (sec. 3.3), not only the row's chosen caption.
+    """
+    pairs = []
+    for path in RunDir.of(run_dir).shard_files("shards"):
+        table = pq.read_table(path, columns=["image", "candidates"])
+        for image, candidates in zip(*table.to_pydict().values(), strict=True):
+            kept = [c["text"] for c in candidates or [] if c["kept"] and (c["text"] or "").strip()]
+            pairs.extend((image, text) for text in kept)
+    return pairs
+
+
+def pairs_from_raw(run_dir: str | Path) -> list[tuple[bytes, str]]:
+    """(image bytes, web text) for every downloaded image with non-empty alt-text (raw/).
+
+    Round 0 of the loop: BLIP's first model learns from the noisy web as it is.
+    """
+    pairs = []
+    for path in RunDir.of(run_dir).shard_files("raw"):
+        table = pq.read_table(path, columns=["image", "web_text", "status"])
+        table = table.filter(pc.equal(table["status"], "success"))
+        images, texts = table["image"].to_pylist(), table["web_text"].to_pylist()
+        pairs += [(i, t) for i, t in zip(images, texts, strict=True) if t and t.strip()]
+    return pairs
+
+
+def pairs_from_clean(clean_parquet: str | Path) -> list[tuple[bytes, str]]:
+    """(image bytes, caption) rows of a clean, human-captioned-like set (BLIP's COCO role)."""
+    table = pq.read_table(clean_parquet, columns=["image", "caption"])
+    images, captions = table["image"].to_pylist(), table["caption"].to_pylist()
+    return [(i, c) for i, c in zip(images, captions, strict=True) if c and c.strip()]
+
+
+@dataclass
+class PairData:
+    """Pairs decoded and preprocessed once: each distinct image one row of `pixels`."""
+
+    pixels: torch.Tensor  # (I, 3, H, W) float32 pixel_values, one row per distinct image
+    image_of: torch.Tensor  # (N,) long: the pixels row of each pair = its image id
+    text_of: torch.Tensor  # (N,) long: an id per distinct text (equal texts, equal ids)
+    texts: list[str]  # (N,) the pairs' texts
+    skipped: int  # pairs dropped because their image did not decode
+    digest: str  # sha256 over all pairs, part of the resume fingerprint
+
+
+def pixels_of(images: list[bytes], processor: BlipProcessor) -> tuple[torch.Tensor, list[int]]:
+    """Decode (`decode_image`, the run's guards) and preprocess images in chunks that bound peak
+    memory: (pixels of the decodable ones (I, 3, H, W), their indices in `images`)."""
+    decoded = [decode_image(data, MIN_IMAGE_SIDE, MAX_IMAGE_PIXELS).image for data in images]
+    ok = [i for i, image in enumerate(decoded) if image is not None]
+    starts = range(0, len(ok), PREPROCESS_CHUNK)
+    chunks = [
+        preprocess(processor, [decoded[i] for i in ok[j : j + PREPROCESS_CHUNK]]) for j in starts
+    ]
+    return (torch.cat(chunks) if chunks else preprocess(processor, [])), ok
+
+
+def prepare_pairs(pairs: Iterable[tuple[bytes, str]], processor: BlipProcessor) -> PairData:
+    """Decode every distinct image once (`pixels_of`), preprocess once, index the pairs.
+
+    Undecodable images (and their pairs) are skipped and counted, never raised.
+    """
+    pairs = list(pairs)
+    distinct = list(dict.fromkeys(data for data, _ in pairs))
+    pixels, ok = pixels_of(distinct, processor)  # (I, 3, H, W)
+    row_of = {distinct[i]: row for row, i in enumerate(ok)}  # image bytes -> pixels row
+    kept = [(row_of[data], text) for data, text in pairs if data in row_of]
+    image_index = torch.tensor([row for row, _ in kept], dtype=torch.long)
+    texts = [text for _, text in kept]
+    text_ids: dict[str, int] = {}
+    text_index = torch.tensor([text_ids.setdefault(t, len(text_ids)) for t in texts])
+    skipped = len(pairs) - len(kept)
+    return PairData(pixels, image_index, text_index, texts, skipped, pairs_digest(pairs))
+
+
+@dataclass
+class Tokens:
+    """The pairs' texts tokenized once, for the encoders and (with the prompt) the decoder."""
+
+    ids: torch.Tensor  # (N, L) [CLS] text [SEP] [PAD]..., for ITC and ITM
+    mask: torch.Tensor  # (N, L)
+    lm_ids: torch.Tensor  # (N, L') [DEC] prompt text [SEP] [PAD]...
+    lm_mask: torch.Tensor  # (N, L')
+    lm_labels: torch.Tensor  # (N, L') lm_ids with prompt and padding set to -100 (not scored)
+
+
+def tokenize_pairs(texts: list[str], tokenizer, cfg: TrainConfig) -> Tokens:
+    """Tokenize once. The decoder's input starts with [DEC] (BLIP's bos) instead of [CLS], as
+    `BlipForConditionalGeneration.generate` does; the prompt is not scored (BLIP's captioning
+    fine-tuning masks `prompt_length` tokens), so the captioner continues "a picture of"."""
+
+    def encode(batch: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = tokenizer(
+            batch,
+            padding="longest",
+            truncation=True,
+            max_length=cfg.max_text_tokens,
+            return_tensors="pt",
+        )
+        return enc["input_ids"], enc["attention_mask"]
+
+    ids, mask = encode(texts)
+    lm_ids, lm_mask = encode([cfg.prompt + t for t in texts])
+    prompt_length = len(tokenizer(cfg.prompt.strip())["input_ids"]) - 1  # [CLS] + prompt words
+    lm_ids[:, 0] = tokenizer.bos_token_id  # [CLS] -> [DEC]
+    labels = lm_ids.masked_fill(lm_mask == 0, -100)
+    labels[:, :prompt_length] = -100
+    return Tokens(ids, mask, lm_ids, lm_mask, labels)
+
+
+@dataclass
+class Batch:
+    pixels: torch.Tensor  # (B, 3, H, W)
+    positive: torch.Tensor  # (B, B) bool: pair j's text fits pair i's image (see make_batch)
+    ids: torch.Tensor  # (B, L)
+    mask: torch.Tensor  # (B, L)
+    lm_ids: torch.Tensor  # (B, L')
+    lm_mask: torch.Tensor  # (B, L')
+    lm_labels: torch.Tensor  # (B, L')
+
+
+def make_batch(pixels: torch.Tensor, data: PairData, tokens: Tokens, index, device) -> Batch:
+    """The pairs at `index`, text padding trimmed to the batch's longest text, on device."""
+
+    def trim(*tensors: torch.Tensor) -> list[torch.Tensor]:
+        length = int(tensors[1][index].sum(dim=1).max())  # tensors[1] is the attention mask
+        return [t[index, :length].to(device) for t in tensors]
+
+    image_of, text_of = data.image_of[index], data.text_of[index]  # (B,), (B,)
+    positive = (image_of[:, None] == image_of[None, :]) | (text_of[:, None] == text_of[None, :])
+    ids, mask = trim(tokens.ids, tokens.mask)
+    lm_ids, lm_mask, lm_labels = trim(tokens.lm_ids, tokens.lm_mask, tokens.lm_labels)
+    images = pixels[image_of.to(pixels.device)].to(device)
+    return Batch(images, positive.to(device), ids, mask, lm_ids, lm_mask, lm_labels)
+
+
+def pairs_digest(pairs: list[tuple[bytes, str]]) -> str:
+    """sha256 over every pair's image bytes and text, in order (cheap next to decoding)."""
+    digest = hashlib.sha256()
+    for data, text in pairs:
+        digest.update(hashlib.sha256(data or b"").digest() + text.encode() + b"\0")
+    return digest.hexdigest()
