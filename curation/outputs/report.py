@@ -118,7 +118,7 @@ def render(run_dir: str | Path, con=None) -> str:
         concepts_html(con, info),
         samples_html(con, info, counts),
     ]
-    return page_html(f"CapFilt report: {run_dir.resolve().name}", "\n".join(b for b in body if b))
+    return page_html(f"CapFilt report: {run.root.resolve().name}", "\n".join(b for b in body if b))
 
 
 def _one(con, name: str, **params) -> tuple[list[str], tuple]:
