@@ -11,7 +11,7 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install --quiet torch==2.13.0
   .venv/bin/pip install --quiet -c constraints.txt -e ".[dev]"
   # img2dataset installs the `dataclasses` backport, which shadows the standard library and
-  # kills Prefect's API server (DESIGN.md, install traps).
+  # kills Prefect's API server (README, first section).
   .venv/bin/pip uninstall --quiet --yes dataclasses
   rm -f .venv/.installed-*
   touch "$stamp"

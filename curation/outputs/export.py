@@ -1,8 +1,9 @@
 """`curate export`: a run's curated rows, filtered by a SQL predicate, as training shards.
 
-Selection is an artifact (DESIGN.md, style 4; DataComp's resharder): the run's curated shards
-hold the decision, and this step only reads them, keeps the rows a user predicate selects
-(``--where "caption_itm > 0.8 AND width >= 256"``) and re-shards them for a training loader.
+Selection is an artifact (docs/architecture.md, style 4; DataComp's resharder): the run's
+curated shards hold the decision, and this step only reads them, keeps the rows a user predicate
+selects (``--where "caption_itm > 0.8 AND width >= 256"``) and re-shards them for a training
+loader.
 
 Formats (shards of ``shard_size`` rows, ``00000.tar`` / ``.parquet`` / ``.jsonl``):
 - ``webdataset``: per sample ``{key}.jpg``, ``{key}.txt`` (the caption) and ``{key}.json`` (url,
@@ -25,6 +26,9 @@ caption per epoch as BLIP's pretraining does with web and synthetic texts.
 Atomic: each shard is written under a temporary name and renamed; on failure the export removes
 its temporary file and the shards it already renamed, and ``manifest.json``, written last, is
 the completion marker. Rows stream from DuckDB in record batches, one curated shard at a time.
+
+Over 400 lines on purpose: one command, its checks, its three sinks and its manifest; a new
+format is one sink class here (docs/architecture.md, recipes).
 """
 
 import hashlib

@@ -12,6 +12,9 @@ forbids the page to load anything else. Every string from the run (alt-text, URL
 HTML-escaped: web text is hostile input. Numbers come from DuckDB (sql/report_*.sql, the
 funnel from sql/stats_*.sql); histograms are binned in SQL, so a page costs the same for a
 thousand rows or a billion. Sections whose data a run lacks (DFN scores, concepts) are left out.
+
+Over 400 lines on purpose: one page, its sections in page order, each a short function; split
+across files, a reader would lose the page's order.
 """
 
 import base64

@@ -96,7 +96,7 @@ def candidate_texts(web_text: str | None, captions: list[str]) -> list[tuple[str
 def judge(candidates: list[dict], threshold: float) -> tuple[list[dict], dict | None]:
     """Mark each candidate kept or not; return them and the chosen caption (best ITM) or None.
 
-    A stage in DESIGN.md's sense: no I/O, a decision per row.
+    A stage in the sense of docs/architecture.md (style rule 2): no I/O, a decision per row.
     """
     for c in candidates:
         c["kept"] = c["itm"] >= threshold

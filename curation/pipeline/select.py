@@ -1,6 +1,6 @@
 """Selection after CapFilt: a DFN score threshold and MetaCLIP concept balancing, over the run.
 
-Two curation ideas finish what CapFilt starts (DESIGN.md):
+Two curation ideas finish what CapFilt starts:
 - DFN scoring (Fang et al. 2023, "Data Filtering Networks", arXiv 2309.17425): a contrastive
   model scores every (image, chosen caption) pair by cosine similarity; the run keeps the top
   ``score_keep_fraction`` of the pool (a global quantile, never a per-shard one).
@@ -9,16 +9,20 @@ Two curation ideas finish what CapFilt starts (DESIGN.md):
   kept when any matched entry draws a keep with probability ``t / max(count, t)``; a pair
   matching nothing is dropped.
 
-Three steps, map-reduce style, so that the selection is an artifact (DESIGN.md style rule 4):
+Three steps, map-reduce style, so that the selection is an artifact (docs/architecture.md,
+style rule 4):
 1. ``annotate`` (per shard, models): DFN score and matched concepts of each CapFilt survivor.
 2. ``global_plan`` (once, DuckDB over every shard's annotations): the score threshold, the
-   entry counts and ``t``; a JSON-able plan stored as RUN_DIR/selection.json.
+   entry counts and ``t``; a ``SelectionPlan`` stored as RUN_DIR/selection.json.
 3. ``decide`` (per shard, pure): keep or a reject reason per row, from the plan alone.
 
 Draws are ``balance.keep_sample`` keyed by ``schema.sample_key(sample_id)``: ``sample_id`` is
 the row's position in the URL list, the key that follows it through every stage, unique per
 row (two rows with the same URL still draw independently, so the binomial expectations hold).
 A decision is a pure function of (row, plan), whatever the shard size, row order or workers.
+
+Over 400 lines on purpose: the three steps must draw the same MetaCLIP keeps (the plan's
+expected counts and ``decide``'s draws are one function), so they stay in one module.
 """
 
 from __future__ import annotations

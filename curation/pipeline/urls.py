@@ -1,8 +1,8 @@
 """Reading the user's URL list (Parquet, CSV, TSV or JSONL) and cutting it into shards.
 
 Problems with the list itself are configuration errors: they stop the run before any work with
-one line that says what to fix (DESIGN.md, style rule 3). Problems with single rows are data and
-are handled downstream as rejects.
+one line that says what to fix (docs/architecture.md, style rule 3). Problems with single rows
+are data and are handled downstream as rejects.
 """
 
 from pathlib import Path
