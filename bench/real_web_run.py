@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from curation.models import tiny
+from curation.rundir import RunDir
 from curation.world import webserver  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cc3m-6k"
@@ -75,7 +76,7 @@ def fresh_run_dir(out: Path) -> None:
     """Remove a previous run in `out`; refuse a folder that is not a run directory."""
     if not out.exists():
         return
-    if not (out / "run.json").exists() and any(out.iterdir()):
+    if not RunDir(out).is_run() and any(out.iterdir()):
         sys.exit(f"{out} exists and is not a run directory (no run.json); choose another --out")
     shutil.rmtree(out)
 
@@ -100,19 +101,15 @@ def curate(*args: str) -> float:
     return seconds
 
 
-def shard_ids(folder: Path) -> list[int]:
-    """sample_id of every row in the Parquet files of `folder`."""
-    return [
-        i
-        for f in sorted(folder.glob("*.parquet"))
-        for i in pq.read_table(f)["sample_id"].to_pylist()
-    ]
+def shard_ids(files: list[Path]) -> list[int]:
+    """sample_id of every row in the Parquet `files`."""
+    return [i for f in files for i in pq.read_table(f)["sample_id"].to_pylist()]
 
 
-def reject_reasons(folder: Path) -> Counter:
+def reject_reasons(files: list[Path]) -> Counter:
     """Rejected rows per (stage, reason), read from the rejects files."""
     counts = Counter()
-    for f in sorted(folder.glob("*.parquet")):
+    for f in files:
         table = pq.read_table(f, columns=["stage", "reason"])
         counts.update(zip(table["stage"].to_pylist(), table["reason"].to_pylist(), strict=True))
     return counts
@@ -120,8 +117,9 @@ def reject_reasons(folder: Path) -> Counter:
 
 def check_accounting(run_dir: Path, inputs: int) -> bool:
     """Print per-reason counts and inputs = curated + rejected, from files and manifest."""
-    curated, rejected = shard_ids(run_dir / "shards"), shard_ids(run_dir / "rejects")
-    reasons = reject_reasons(run_dir / "rejects")
+    run = RunDir(run_dir)
+    curated, rejected = shard_ids(run.shard_files("shards")), shard_ids(run.shard_files("rejects"))
+    reasons = reject_reasons(run.shard_files("rejects"))
     print("\nRejects by stage/reason (from rejects/*.parquet):")
     for (stage, reason), n in sorted(reasons.items(), key=lambda kv: -kv[1]):
         print(f"  {stage:>8} {reason:<18} {n:6d}")
@@ -132,7 +130,7 @@ def check_accounting(run_dir: Path, inputs: int) -> bool:
         f"= {len(every)}: {'OK' if len(every) == inputs else 'MISMATCH'}; "
         f"every sample_id exactly once: {once}"
     )
-    counts = json.loads((run_dir / "manifest.json").read_text())["counts"]
+    counts = json.loads(run.manifest.read_text())["counts"]
     agrees = counts["input"] == inputs and counts["curated"] == len(curated)
     agrees = agrees and counts["rejected"] == len(rejected)
     print(f"manifest counts {counts}: {'agree' if agrees else 'DISAGREE'} with the files")

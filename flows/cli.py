@@ -158,6 +158,7 @@ def cmd_bootstrap(args) -> int:
     if args.ablate:
         check_ablation(args, cfg)
     _quiet()
+    from curation.rundir import LoopDir
     from curation.training import bootstrap as loop
     from flows.bootstrap import bootstrap
 
@@ -178,9 +179,8 @@ def cmd_bootstrap(args) -> int:
     metrics = bootstrap(spec)
     print(loop.summary_table(metrics))
     if args.ablate:
-        print(
-            f"\nablation ({args.out}/ablation.md):\n" + (Path(args.out) / "ablation.md").read_text()
-        )
+        ablation = LoopDir(args.out).ablation_md
+        print(f"\nablation ({ablation}):\n" + ablation.read_text())
     return 0
 
 
