@@ -54,7 +54,8 @@ from curation.config import CapFiltConfig  # noqa: E402
 from curation.models import blip as models
 from curation.models import tiny  # noqa: E402
 from curation.pipeline import capfilt
-from curation.world import synthetic
+from curation.world.drawing import render_scene
+from curation.world.scenes import Scene, sample_scenes
 
 SIZES = (*tiny.PRESETS, "large")
 # BLIP-large's vision tower (Salesforce/blip-image-captioning-large, blip-itm-large-coco):
@@ -90,13 +91,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --------------------------------------------------------------------------- inputs
 
 
-def photo_like(scene: synthetic.Scene, side: int, rng: np.random.Generator) -> Image.Image:
+def photo_like(scene: Scene, side: int, rng: np.random.Generator) -> Image.Image:
     """A rendered scene with a smooth shading and sensor-like noise.
 
     Flat synthetic shapes compress to a few hundred bytes and decode in no time; the noise
     brings JPEG size and decode cost near a real 224 px web photo (CC3M's are ~10-20 kB).
     """
-    pixels = np.asarray(synthetic.render_scene(scene, side, side), dtype=np.float32)
+    pixels = np.asarray(render_scene(scene, side, side), dtype=np.float32)
     ramp = np.linspace(-25, 25, side, dtype=np.float32)
     pixels = pixels + ramp[None, :, None] + rng.normal(0, 12, pixels.shape).astype(np.float32)
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB")
@@ -105,7 +106,7 @@ def photo_like(scene: synthetic.Scene, side: int, rng: np.random.Generator) -> I
 def make_jpegs(n: int, side: int, seed: int = 0) -> list[bytes]:
     """`n` distinct JPEG images (quality 90) of `side` x `side` pixels."""
     rng = np.random.default_rng(seed)
-    scenes = synthetic.sample_scenes(rng, n, None, set())
+    scenes = sample_scenes(rng, n, None, set())
     out = []
     for scene in scenes:
         buffer = BytesIO()

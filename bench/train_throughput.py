@@ -25,17 +25,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from curation.config import TrainConfig
 from curation.models import tiny
 from curation.training import train  # noqa: E402
-from curation.world import synthetic
+from curation.world.captions import true_captions
+from curation.world.drawing import encode_jpeg, render_scene
+from curation.world.scenes import sample_scenes
 
 
 def make_pairs(n: int, side: int, seed: int = 0) -> list[tuple[bytes, str]]:
     """`n` synthetic-world images of `side` px, each with one true caption."""
     rng = np.random.default_rng(seed)
-    scenes = synthetic.sample_scenes(rng, n, None, set())
+    scenes = sample_scenes(rng, n, None, set())
     return [
         (
-            synthetic.encode_jpeg(synthetic.render_scene(scene, side, side)),
-            synthetic.true_captions(scene, rng, 1)[0],
+            encode_jpeg(render_scene(scene, side, side)),
+            true_captions(scene, rng, 1)[0],
         )
         for scene in scenes
     ]

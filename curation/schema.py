@@ -158,13 +158,13 @@ LABELLED = pa.schema(
     ]
 )
 
-# The synthetic world (curation/synthetic.py): the web as files + alt-text, and its truth, which
+# The synthetic world (curation/world/): the web as files + alt-text, and its truth, which
 # is kept apart from the URL list and used for evaluation only.
 SYNTH_WEB = pa.schema([pa.field("file", pa.string()), pa.field("caption", pa.string())])
 SYNTH_TRUTH = pa.schema(
     [
         pa.field("file", pa.string()),
-        pa.field("kind", pa.string()),  # one of synthetic.NOISE_KINDS
+        pa.field("kind", pa.string()),  # one of world.noise.NOISE_KINDS
         pa.field("is_noisy", pa.bool_()),  # == not caption_is_true(web caption, scene)
         pa.field("true_caption", pa.string()),  # a full true description
         pa.field("scene", pa.string()),  # Scene as JSON

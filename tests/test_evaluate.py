@@ -8,13 +8,15 @@ from curation.io import write_parquet
 from curation.training import evaluate, train
 from curation.training.data import pairs_from_clean
 from curation.world import synthetic
+from curation.world.drawing import encode_jpeg, render_scene
+from curation.world.scenes import Obj, Scene
 
-RED = synthetic.Scene("white", (synthetic.Obj("circle", "red", "large", "center"),))
-BLUE = synthetic.Scene("black", (synthetic.Obj("star", "blue", "small", "top left"),))
+RED = Scene("white", (Obj("circle", "red", "large", "center"),))
+BLUE = Scene("black", (Obj("star", "blue", "small", "top left"),))
 
 
-def jpeg(scene: synthetic.Scene) -> bytes:
-    return synthetic.encode_jpeg(synthetic.render_scene(scene, 32, 32))
+def jpeg(scene: Scene) -> bytes:
+    return encode_jpeg(render_scene(scene, 32, 32))
 
 
 def write_eval(tmp_path):

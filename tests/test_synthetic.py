@@ -10,7 +10,26 @@ import pytest
 from PIL import Image
 
 from curation.world import synthetic as syn
-from curation.world.synthetic import Mention, Obj, Scene, caption_is_true
+from curation.world.captions import (
+    STYLES,
+    Mention,
+    caption_is_true,
+    describe,
+    parse_caption,
+    render_caption,
+    render_mention,
+    true_captions,
+)
+from curation.world.drawing import RGB, encode_jpeg, render_scene
+from curation.world.noise import (
+    NOISE_KINDS,
+    NOISE_MIX,
+    assign_kinds,
+    boilerplate,
+    buried,
+    wrong_caption,
+)
+from curation.world.scenes import SHAPES, Obj, Scene, combo_probs, concepts, sample_scenes
 
 SCENE = Scene(
     "white",
@@ -49,7 +68,7 @@ def test_noise_rate_in_band_and_every_kind_present(world):
     noisy = sum(r["is_noisy"] for r in truth) / len(truth)
     assert 0.40 <= noisy <= 0.50
     kinds = Counter(r["kind"] for r in truth)
-    assert set(kinds) == set(syn.NOISE_KINDS)
+    assert set(kinds) == set(NOISE_KINDS)
     assert kinds["clean"] == round(0.55 * 300)
 
 
@@ -114,8 +133,8 @@ def test_clean_format_has_two_or_three_true_captions_per_image(world):
 
 
 def test_concepts_file_and_long_tailed_web(world):
-    assert world.concepts.read_text().split("\n")[:-1] == syn.concepts()
-    assert "red circle" in syn.concepts() and "circle" in syn.concepts()
+    assert world.concepts.read_text().split("\n")[:-1] == concepts()
+    assert "red circle" in concepts() and "circle" in concepts()
     combos = Counter(
         f"{o.colour} {o.shape}"
         for r in _read(world.truth)
@@ -128,7 +147,7 @@ def test_concepts_file_and_long_tailed_web(world):
 
 def test_eval_scenes_are_uniform_over_combos():
     rng = np.random.default_rng(0)
-    scenes = syn.sample_scenes(rng, 160, None, set())
+    scenes = sample_scenes(rng, 160, None, set())
     firsts = Counter((s.objects[0].colour, s.objects[0].shape) for s in scenes)
     assert len(firsts) == 80 and set(firsts.values()) == {2}
 
@@ -167,51 +186,51 @@ def test_caption_is_true_hand_cases(caption, expected):
 
 def _random_scenes(n: int, seed: int = 1):
     rng = np.random.default_rng(seed)
-    return rng, syn.sample_scenes(rng, n, syn.combo_probs(rng), set())
+    return rng, sample_scenes(rng, n, combo_probs(rng), set())
 
 
 def test_every_style_is_true_and_round_trips():
     rng, scenes = _random_scenes(100)
     for scene in scenes:
-        for style in syn.STYLES:
-            d = syn.describe(scene, style, rng)
-            text = syn.render_caption(d)
-            assert syn.parse_caption(text) == d, text
+        for style in STYLES:
+            d = describe(scene, style, rng)
+            text = render_caption(d)
+            assert parse_caption(text) == d, text
             assert caption_is_true(text, scene), (style, text, scene)
 
 
 def test_noisy_generators_are_false():
     rng, scenes = _random_scenes(100, seed=2)
     for scene in scenes:
-        wrong = syn.wrong_caption(scene, rng)
-        assert syn.parse_caption(wrong) is not None, wrong  # in the grammar, but false
+        wrong = wrong_caption(scene, rng)
+        assert parse_caption(wrong) is not None, wrong  # in the grammar, but false
         assert not caption_is_true(wrong, scene), wrong
-        junk = syn.boilerplate(rng)
+        junk = boilerplate(rng)
         assert not caption_is_true(junk, scene)
-        assert not any(f" {c} " in f" {junk.lower()} " for c in syn.concepts()), junk
-        assert not caption_is_true(syn.buried(syn.true_captions(scene, rng, 1)[0], rng), scene)
+        assert not any(f" {c} " in f" {junk.lower()} " for c in concepts()), junk
+        assert not caption_is_true(buried(true_captions(scene, rng, 1)[0], rng), scene)
 
 
 def test_drawn_shapes_have_their_colour_at_the_centre():
-    for shape in syn.SHAPES:
+    for shape in SHAPES:
         scene = Scene("white", (Obj(shape, "red", "large", "center"),))
-        img = syn.render_scene(scene, 90, 90)
+        img = render_scene(scene, 90, 90)
         centre, corner = img.getpixel((45, 45)), img.getpixel((1, 1))
-        assert corner == syn.RGB["white"]
-        assert centre == (syn.RGB["white"] if shape == "ring" else syn.RGB["red"]), shape
-    decoded = Image.open(BytesIO(syn.encode_jpeg(img)))
+        assert corner == RGB["white"]
+        assert centre == (RGB["white"] if shape == "ring" else RGB["red"]), shape
+    decoded = Image.open(BytesIO(encode_jpeg(img)))
     assert decoded.size == (90, 90)
 
 
 def test_assign_kinds_is_exact_and_checks_the_mix():
-    kinds = syn.assign_kinds(1000, syn.NOISE_MIX, np.random.default_rng(0))
-    assert Counter(kinds) == {k: round(v * 1000) for k, v in syn.NOISE_MIX.items()}
+    kinds = assign_kinds(1000, NOISE_MIX, np.random.default_rng(0))
+    assert Counter(kinds) == {k: round(v * 1000) for k, v in NOISE_MIX.items()}
     with pytest.raises(ValueError, match="sum to 1"):
-        syn.assign_kinds(10, {"clean": 0.5}, np.random.default_rng(0))
+        assign_kinds(10, {"clean": 0.5}, np.random.default_rng(0))
 
 
 def test_mention_render_uses_an_before_vowels():
-    assert syn.render_mention(Mention("star", "orange")) == "an orange star"
-    assert syn.render_mention(Mention("star", "orange", "small", "top left")) == (
+    assert render_mention(Mention("star", "orange")) == "an orange star"
+    assert render_mention(Mention("star", "orange", "small", "top left")) == (
         "a small orange star in the top left"
     )

@@ -28,6 +28,8 @@ from curation.training.losses import OBJECTIVES, itc_loss, sample_negatives
 from curation.training.modeling import build_models
 from curation.training.schedule import batch_indices, lr_at
 from curation.world import synthetic
+from curation.world.drawing import encode_jpeg, render_scene
+from curation.world.scenes import Obj, Scene
 
 # Tiny models on 81 pairs (30 images): 100 steps in a few seconds on one CPU core. A higher
 # lr and temperature than the CPU defaults, and uniform ITM negatives: what gets a 32-wide
@@ -39,12 +41,12 @@ LEARN = dict(
 QUICK = dict(size="tiny", batch_size=8, epochs=2, lr=2e-3, warmup=3, checkpoint_every=5)
 
 
-SCENE = synthetic.Scene("white", (synthetic.Obj("circle", "red", "large", "center"),))
+SCENE = Scene("white", (Obj("circle", "red", "large", "center"),))
 
 
 def jpeg(background: str, side: int = 32) -> bytes:
-    scene = synthetic.Scene(background, SCENE.objects)
-    return synthetic.encode_jpeg(synthetic.render_scene(scene, side, side))
+    scene = Scene(background, SCENE.objects)
+    return encode_jpeg(render_scene(scene, side, side))
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +250,7 @@ def test_outputs_load_with_the_model_layer(pretrained):
     captioner = models.load_captioner(str(out / "captioner"), device, dtype)
     filt = models.load_filter(str(out / "filter"), device, dtype)
     scorer = models.load_filter(str(out / "scorer"), device, dtype)
-    pixels = models.preprocess(filt.processor, [synthetic.render_scene(SCENE, 32, 32)] * 2)
+    pixels = models.preprocess(filt.processor, [render_scene(SCENE, 32, 32)] * 2)
     captions = captioner.generate(pixels, Sampling(num_captions=2, max_new_tokens=5))
     assert [len(c) for c in captions] == [2, 2]
     itm, itc = filt.score(pixels, [["a red circle"], ["a blue star", "a red circle"]])

@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 from curation import io, sql
 from curation.pipeline.run import RunSpec
 from curation.rundir import RunDir
-from curation.world import synthetic
+from curation.world.captions import caption_is_true
+from curation.world.scenes import Scene
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def truth_metrics(web_run: Path, capfilt_run: Path, truth_parquet: Path) -> dict
 
 
 def _true(text: str, scene_json: str) -> bool:
-    return synthetic.caption_is_true(text, synthetic.Scene.from_json(scene_json))
+    return caption_is_true(text, Scene.from_json(scene_json))
 
 
 def _web_filter_scores(truth: dict, web_kept: dict, downloaded: list[str]) -> dict:

@@ -11,7 +11,7 @@ table 7). We do the same, small and fast on CPU:
   setting) from the prompt "a picture of", which is stripped, and BLEU-4 and CIDEr-D compare
   the result with the image's reference captions (`curation.training.metrics`);
 - truth: on the synthetic world, the share of generated captions fully true of their scene
-  (`synthetic.caption_is_true`), which n-gram metrics cannot measure.
+  (`curation.world.captions.caption_is_true`), which n-gram metrics cannot measure.
 
 `model_dir` is a folder with `captioner/` and `filter/` as `curation.training.train` writes them
 (any
@@ -39,7 +39,8 @@ from curation.models.blip import (
 )
 from curation.pipeline.images import decode_image
 from curation.training import metrics
-from curation.world import synthetic
+from curation.world.captions import caption_is_true
+from curation.world.scenes import Scene
 
 BATCH_SIZE = 64  # images or texts per model call
 MAX_TEXT_TOKENS = TrainConfig().max_text_tokens  # as the models were trained
@@ -131,7 +132,7 @@ def caption_truth(captions: list[str], image_ids: list[int], truth_parquet: str 
     if missing:
         raise ValueError(f"{truth_parquet} has no scene for image_id {missing[0]}")
     true = [
-        synthetic.caption_is_true(caption, synthetic.Scene.from_json(scenes[image_id]))
+        caption_is_true(caption, Scene.from_json(scenes[image_id]))
         for caption, image_id in zip(captions, image_ids, strict=True)
     ]
     return float(np.mean(true)) if true else 0.0
