@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     server = webserver.Server(webserver.routes_from_dir(world / "images", prefix="/images"))
     try:
         urls = synthetic.url_list(world, server.base_url)
-        result = measured_run(args.workdir / "work", urls, models, args.shard_size,
-                              batch_size=64, interval=1.0)  # fmt: skip
+        result = measured_run(
+            args.workdir / "work", urls, models, args.shard_size, batch_size=64, interval=1.0
+        )
     finally:
         server.close()
     run_dir = args.workdir / "work" / "run"

@@ -136,9 +136,22 @@ def measured_run(
     work.mkdir(parents=True)
     pq.write_table(urls, work / "urls.parquet")
     (work / "cfg.toml").write_text(CONFIG.format(shard_size=shard_size, batch_size=batch_size))
-    argv = [str(CURATE), "run", "--urls", str(work / "urls.parquet"), "--out", str(work / "run"),
-            "--config", str(work / "cfg.toml"), "--captioner", str(models[0]),
-            "--filter", str(models[1]), "--allow-private-network", *(extra or [])]  # fmt: skip
+    argv = [
+        str(CURATE),
+        "run",
+        "--urls",
+        str(work / "urls.parquet"),
+        "--out",
+        str(work / "run"),
+        "--config",
+        str(work / "cfg.toml"),
+        "--captioner",
+        str(models[0]),
+        "--filter",
+        str(models[1]),
+        "--allow-private-network",
+        *(extra or []),
+    ]
     # A fresh Prefect home per run: its temporary API server starts from an empty database.
     env = {**os.environ, "PREFECT_HOME": str(work / "prefect"), "HF_HUB_OFFLINE": "1"}
     return measure(argv, env, work / "curate.log", interval)
@@ -149,20 +162,30 @@ def run_once(args, scale: int, world: Path, models: tuple[Path, Path], base_url:
     rows = scale * args.shards * args.shard_size
     urls = synthetic.url_list(world, base_url).slice(0, rows)
     extra = ["--workers", str(args.workers)] if args.workers else []
-    result = measured_run(args.workdir / f"x{scale}", urls, models, args.shard_size,
-                          extra=extra, interval=args.interval)  # fmt: skip
+    result = measured_run(
+        args.workdir / f"x{scale}",
+        urls,
+        models,
+        args.shard_size,
+        extra=extra,
+        interval=args.interval,
+    )
     return {"scale": scale, "rows": rows, "shards": scale * args.shards, **result}
 
 
 def report(results: list[dict]) -> float:
     mib = 2**20
     kinds = sorted({k for r in results for k in r["by_kind"]})
-    print(f"{'run':>4} {'shards':>6} {'rows':>6} {'wall_s':>7} {'peak_MiB':>9}  "
-          + "  ".join(f"{k}_MiB" for k in kinds))  # fmt: skip
+    print(
+        f"{'run':>4} {'shards':>6} {'rows':>6} {'wall_s':>7} {'peak_MiB':>9}  "
+        + "  ".join(f"{k}_MiB" for k in kinds)
+    )
     for r in results:
         per_kind = "  ".join(f"{r['by_kind'][k] / mib:>{len(k) + 4}.0f}" for k in kinds)
-        print(f"{r['scale']:>3}x {r['shards']:>6} {r['rows']:>6} {r['seconds']:>7.1f} "
-              f"{r['peak'] / mib:>9.0f}  {per_kind}")  # fmt: skip
+        print(
+            f"{r['scale']:>3}x {r['shards']:>6} {r['rows']:>6} {r['seconds']:>7.1f} "
+            f"{r['peak'] / mib:>9.0f}  {per_kind}"
+        )
     ratio = results[-1]["peak"] / results[0]["peak"]
     verdict = "met" if ratio <= TARGET else "NOT met"
     print(
@@ -178,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     world, *models = prepare(args.workdir, args.scale * args.shards * args.shard_size)
     server = webserver.Server(webserver.routes_from_dir(world / "images", prefix="/images"))
     try:
-        results = [run_once(args, scale, world, models, server.base_url)
-                   for scale in (1, args.scale)]  # fmt: skip
+        results = [
+            run_once(args, scale, world, models, server.base_url) for scale in (1, args.scale)
+        ]
     finally:
         server.close()
     return 0 if report(results) <= TARGET else 1

@@ -29,8 +29,14 @@ def coco_clean(split: str, out: Path) -> Path:
     root = DATA / "coco-mini"
     meta = json.loads((root / "annotations" / f"captions_{split}.json").read_text())
     files = {image["id"]: root / split / image["file_name"] for image in meta["images"]}
-    rows = [{"image": files[a["image_id"]].read_bytes(), "caption": a["caption"].strip(),
-             "image_id": a["image_id"]} for a in meta["annotations"]]  # fmt: skip
+    rows = [
+        {
+            "image": files[a["image_id"]].read_bytes(),
+            "caption": a["caption"].strip(),
+            "image_id": a["image_id"],
+        }
+        for a in meta["annotations"]
+    ]
     pq.write_table(pa.Table.from_pylist(rows, schema=schema.CLEAN), out)
     return out
 
@@ -67,9 +73,23 @@ def main() -> int:
     try:
         urls = cc3m_urls(server.base_url, out / "urls.parquet")
         curate = Path(sys.executable).with_name("curate")
-        command = [str(curate), "bootstrap", "--urls", str(urls), "--clean", str(clean),
-                   "--eval", str(evals), "--out", str(out / "run"), "--rounds", "1",
-                   "--config", str(out / "config.toml"), "--allow-private-network"]  # fmt: skip
+        command = [
+            str(curate),
+            "bootstrap",
+            "--urls",
+            str(urls),
+            "--clean",
+            str(clean),
+            "--eval",
+            str(evals),
+            "--out",
+            str(out / "run"),
+            "--rounds",
+            "1",
+            "--config",
+            str(out / "config.toml"),
+            "--allow-private-network",
+        ]
         return subprocess.run(command).returncode
     finally:
         server.close()

@@ -32,26 +32,40 @@ def candidates(rng: np.random.Generator, n: int) -> pa.Array:
     texts = pa.array(np.char.add("a photo of a ", WORDS[rng.integers(0, 10, 3 * n)]))
     itm = rng.random(3 * n).astype(np.float32)
     structs = pa.StructArray.from_arrays(
-        [texts, pa.array(np.tile(["web", "synthetic", "synthetic"], n)), pa.array(itm),
-         pa.array(rng.random(3 * n).astype(np.float32)), pa.array(itm >= 0.5)],
+        [
+            texts,
+            pa.array(np.tile(["web", "synthetic", "synthetic"], n)),
+            pa.array(itm),
+            pa.array(rng.random(3 * n).astype(np.float32)),
+            pa.array(itm >= 0.5),
+        ],
         fields=list(schema.CANDIDATE),
-    )  # fmt: skip
+    )
     return pa.ListArray.from_arrays(pa.array(np.arange(0, 3 * n + 1, 3, dtype=np.int32)), structs)
 
 
 def curated_shard(rng, ids: np.ndarray, shard: int) -> pa.Table:
     n = len(ids)
     words = WORDS[rng.integers(0, 10, n)]
-    return pa.table({
-        "sample_id": ids, "key": [f"{i:012d}" for i in ids],
-        "url": np.char.add("http://example.com/", ids.astype(str)), "web_text": words,
-        "candidates": candidates(rng, n), "caption": np.char.add("a photo of a ", words),
-        "caption_source": rng.choice(["web", "synthetic"], n), "caption_itm": rng.random(n),
-        "image": pa.array([b"\xff" * 64] * n, pa.binary()),
-        "width": rng.integers(64, 512, n), "height": rng.integers(64, 512, n),
-        "sha256": np.char.add("h", ids.astype(str)), "shard": np.full(n, shard),
-        "dfn": rng.random(n), "concepts": pa.array([[w] for w in words]),
-    }).cast(schema.CURATED)  # fmt: skip
+    return pa.table(
+        {
+            "sample_id": ids,
+            "key": [f"{i:012d}" for i in ids],
+            "url": np.char.add("http://example.com/", ids.astype(str)),
+            "web_text": words,
+            "candidates": candidates(rng, n),
+            "caption": np.char.add("a photo of a ", words),
+            "caption_source": rng.choice(["web", "synthetic"], n),
+            "caption_itm": rng.random(n),
+            "image": pa.array([b"\xff" * 64] * n, pa.binary()),
+            "width": rng.integers(64, 512, n),
+            "height": rng.integers(64, 512, n),
+            "sha256": np.char.add("h", ids.astype(str)),
+            "shard": np.full(n, shard),
+            "dfn": rng.random(n),
+            "concepts": pa.array([[w] for w in words]),
+        }
+    ).cast(schema.CURATED)
 
 
 def write_run(out: Path, rows: int) -> None:
@@ -68,19 +82,31 @@ def write_run(out: Path, rows: int) -> None:
         notes = curated.select(["sample_id", "dfn", "concepts"])
         io.write_parquet(notes, run.shard_file("annotations", shard), schema.ANNOTATIONS)
         n = len(dropped)
-        rejects = pa.table({
-            "sample_id": dropped, "url": dropped.astype(str), "web_text": pa.nulls(n, pa.string()),
-            "stage": ["download"] * n, "reason": ["download_failed"] * n,
-            "detail": ["HTTP Error 404"] * n, "candidates": pa.nulls(n, schema.CANDIDATE_LIST),
-            "shard": np.full(n, shard),
-        })  # fmt: skip
+        rejects = pa.table(
+            {
+                "sample_id": dropped,
+                "url": dropped.astype(str),
+                "web_text": pa.nulls(n, pa.string()),
+                "stage": ["download"] * n,
+                "reason": ["download_failed"] * n,
+                "detail": ["HTTP Error 404"] * n,
+                "candidates": pa.nulls(n, schema.CANDIDATE_LIST),
+                "shard": np.full(n, shard),
+            }
+        )
         io.write_parquet(rejects, run.shard_file("rejects", shard), schema.REJECTS)
         markers = {
             "download": {"rows": len(ids), "status": {"success": len(kept)}, "seconds": 9.0},
-            "capfilt": {"rows": len(ids), "passed": len(kept), "rejects": {},
-                        "images": len(kept), "seconds": 60.0, "model_seconds": 58.0},
+            "capfilt": {
+                "rows": len(ids),
+                "passed": len(kept),
+                "rejects": {},
+                "images": len(kept),
+                "seconds": 60.0,
+                "model_seconds": 58.0,
+            },
             "select": {"rows": len(kept), "curated": len(kept), "rejects": {}, "seconds": 1.0},
-        }  # fmt: skip
+        }
         for step, summary in markers.items():
             io.write_json(summary, run.marker(step, shard))
     plan = {"balance": {"t": rows // 20}, "score": {"threshold": 0.3}}

@@ -111,7 +111,7 @@ def check_select(cfg: SelectConfig) -> list[str]:
         (cfg.order in ORDERS, f"[select] order must be one of {', '.join(ORDERS)}"),
         (cfg.batch_size >= 1, "[select] batch_size must be >= 1"),
         (cfg.num_workers >= 0, "[select] num_workers must be >= 0"),
-    ]  # fmt: skip
+    ]
     return [message for ok, message in checks if not ok]
 
 

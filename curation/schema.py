@@ -95,15 +95,15 @@ class Gate:
 
 R = Reason
 GATES = (
-    Gate("download", "downloaded", "download",
-         (R.INVALID_URL, R.BLOCKED_ADDRESS, R.DOWNLOAD_FAILED)),
+    Gate(
+        "download", "downloaded", "download", (R.INVALID_URL, R.BLOCKED_ADDRESS, R.DOWNLOAD_FAILED)
+    ),
     Gate("decode", "decoded", "decode", (R.DECODE_ERROR, R.IMAGE_TOO_SMALL, R.IMAGE_TOO_LARGE)),
     Gate("capfilt", "CapFilt passed", "capfilt", (R.NO_MATCHING_TEXT,)),
     Gate("score", "scored", "select", (R.BELOW_SCORE_QUANTILE,)),
     Gate("balance", "balanced", "select", (R.NO_CONCEPT_MATCH, R.BALANCED_OUT)),
-)  # fmt: skip
+)
 REJECT_STAGES = tuple(dict.fromkeys(gate.stage for gate in GATES))  # in funnel order
-STAGE_OF = {reason: gate.stage for gate in GATES for reason in gate.reasons}
 
 REJECTS = pa.schema(
     [

@@ -102,10 +102,14 @@ def cmd_schedule(args) -> int:
     from flows.schedule import serve
 
     parameters = {
-        "urls": str(Path(args.urls).resolve()), "out_root": str(Path(args.out_root).resolve()),
-        "url_col": args.url_col, "caption_col": caption_col, "config": cfg.to_dict(),
-        "workers": args.workers or 0, "cluster": args.cluster,
-    }  # fmt: skip
+        "urls": str(Path(args.urls).resolve()),
+        "out_root": str(Path(args.out_root).resolve()),
+        "url_col": args.url_col,
+        "caption_col": caption_col,
+        "config": cfg.to_dict(),
+        "workers": args.workers or 0,
+        "cluster": args.cluster,
+    }
     print(f"serving deployment curate-scheduled/{args.name} on cron {args.cron!r}; Ctrl-C stops")
     serve(args.name, args.cron, parameters)
     return 0
@@ -241,8 +245,9 @@ def cmd_runs(args) -> int:
 def cmd_export(args) -> int:
     from curation.outputs import export as export_mod
 
-    manifest = export_mod.export(args.run_dir, args.out, args.where, args.format,
-                                 args.shard_size, args.caption)  # fmt: skip
+    manifest = export_mod.export(
+        args.run_dir, args.out, args.where, args.format, args.shard_size, args.caption
+    )
     counts = manifest["counts"]
     print(f"exported {counts['rows']:,} rows in {counts['shards']} shards to {args.out}")
     return 0
@@ -259,9 +264,13 @@ def cmd_metadata_build(args) -> int:
     from curation.pipeline import concepts
 
     entries = concepts.build_metadata_file(
-        args.corpus, args.out, args.min_count, args.min_pmi, args.extra,
+        args.corpus,
+        args.out,
+        args.min_count,
+        args.min_pmi,
+        args.extra,
         min_bigram_count=args.min_bigram_count,
-    )  # fmt: skip
+    )
     print(f"wrote {len(entries):,} entries to {args.out}")
     return 0
 
@@ -275,11 +284,20 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {
-    "run": cmd_run, "schedule": cmd_schedule, "train": cmd_train,
-    "pretrain-vision": cmd_pretrain_vision, "finetune": cmd_finetune,
-    "bootstrap": cmd_bootstrap, "stats": cmd_stats, "sql": cmd_sql, "runs": cmd_runs,
-    "export": cmd_export, "report": cmd_report, "metadata": cmd_metadata_build, "demo": cmd_demo,
-}  # fmt: skip
+    "run": cmd_run,
+    "schedule": cmd_schedule,
+    "train": cmd_train,
+    "pretrain-vision": cmd_pretrain_vision,
+    "finetune": cmd_finetune,
+    "bootstrap": cmd_bootstrap,
+    "stats": cmd_stats,
+    "sql": cmd_sql,
+    "runs": cmd_runs,
+    "export": cmd_export,
+    "report": cmd_report,
+    "metadata": cmd_metadata_build,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

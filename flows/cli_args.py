@@ -17,9 +17,10 @@ def add_run_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--captioner", help="hub id or folder (default: BLIP large captioning)")
     r.add_argument("--filter", help="hub id or folder (default: BLIP large ITM, COCO)")
     r.add_argument(
-        "--allow-private-network", action="store_true",
+        "--allow-private-network",
+        action="store_true",
         help="allow loopback/private addresses (tests, demo, intranet mirrors)",
-    )  # fmt: skip
+    )
 
 
 def add_scale_out_options(r: argparse.ArgumentParser) -> None:
@@ -30,8 +31,9 @@ def add_scale_out_options(r: argparse.ArgumentParser) -> None:
         metavar="N",
         help="a local Dask cluster of N worker processes (one per GPU with dask-cuda)",
     )
-    r.add_argument("--cluster", metavar="ADDRESS",
-                   help="an existing Dask scheduler, e.g. tcp://host:8786")  # fmt: skip
+    r.add_argument(
+        "--cluster", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://host:8786"
+    )
 
 
 def _run(sub) -> None:
@@ -61,8 +63,11 @@ def _train(sub) -> None:
 
 
 def _pretrain_vision(sub) -> None:
-    v = sub.add_parser("pretrain-vision", help="pre-train the image encoder on labelled images "
-                       "(BLIP's ImageNet step), for [train] vision_init")  # fmt: skip
+    v = sub.add_parser(
+        "pretrain-vision",
+        help="pre-train the image encoder on labelled images "
+        "(BLIP's ImageNet step), for [train] vision_init",
+    )
     v.add_argument("--labelled", required=True, help="Parquet with image (bytes) and labels")
     v.add_argument("--out", required=True, metavar="VISION_DIR")
     v.add_argument("--config", help="TOML file or preset name ([train] section)")
@@ -86,11 +91,17 @@ def _bootstrap(sub) -> None:
     b.add_argument("--rounds", type=int, default=1)
     b.add_argument("--truth", help="synthetic world's truth.parquet: noise and filter numbers")
     b.add_argument("--eval-truth", help="synthetic world's eval_truth.parquet: caption truth")
-    b.add_argument("--labelled", help="labelled images (Parquet: image, labels): pre-train the "
-                   "image encoder on them first, as BLIP starts from ImageNet")  # fmt: skip
-    b.add_argument("--ablate", action="store_true",
-                   help="also train one model per data variant (raw, +filter, +captioner, ...) "
-                   "on the same budget and write RUN_DIR/ablation.md")  # fmt: skip
+    b.add_argument(
+        "--labelled",
+        help="labelled images (Parquet: image, labels): pre-train the "
+        "image encoder on them first, as BLIP starts from ImageNet",
+    )
+    b.add_argument(
+        "--ablate",
+        action="store_true",
+        help="also train one model per data variant (raw, +filter, +captioner, ...) "
+        "on the same budget and write RUN_DIR/ablation.md",
+    )
     add_run_options(b)
 
 
@@ -124,8 +135,12 @@ def _export(sub) -> None:
     e.add_argument("--where", help='DuckDB predicate, e.g. "caption_itm > 0.8 AND width >= 256"')
     e.add_argument("--format", choices=["webdataset", "parquet", "jsonl"], default="webdataset")
     e.add_argument("--shard-size", type=int, default=10000, help="rows per output shard")
-    e.add_argument("--caption", choices=["chosen", "all"], default="chosen",
-                   help="all: every kept text in the json/columns too")  # fmt: skip
+    e.add_argument(
+        "--caption",
+        choices=["chosen", "all"],
+        default="chosen",
+        help="all: every kept text in the json/columns too",
+    )
 
 
 def _report(sub) -> None:

@@ -47,8 +47,7 @@ def _task(step: Step):
 
     name = f"{step.name}-{{shard:05d}}" if step.per_shard else f"{step.name}-selection"
     fn = run_one if step.per_shard else run_global
-    return task(fn, name=step.name, cache_policy=NO_CACHE, retries=step.retries,
-                task_run_name=name)  # fmt: skip
+    return task(fn, name=step.name, cache_policy=NO_CACHE, retries=step.retries, task_run_name=name)
 
 
 TASKS = {step.name: _task(step) for step in STEPS}

@@ -50,8 +50,10 @@ def demo_config(overrides: dict) -> dict:
 def demo(out: str | Path, ablate: bool = False, overrides: dict | None = None) -> int:
     out = Path(out)
     config = demo_config(overrides or {})
-    print(f"[demo] drawing a synthetic web of {DEMO_WORLD['n_web']} images in {out}/world",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"[demo] drawing a synthetic web of {DEMO_WORLD['n_web']} images in {out}/world",
+        file=sys.stderr,
+    )
     world = synthetic.write_world(out / "world", **DEMO_WORLD)
     urls = out / "urls.parquet"
     server = Server(routes_from_dir(world.images, prefix="/images"), port=_previous_port(urls))

@@ -34,9 +34,13 @@ def run_cli_until(argv: list[str], condition) -> int:
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     child = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *argv], cwd=ROOT, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [sys.executable, "-m", "flows.cli", *argv],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while child.poll() is None:
         if condition():
             os.killpg(child.pid, signal.SIGKILL)
@@ -90,10 +94,13 @@ def hostile_run(tmp_path_factory, web, tiny_models, prefect_harness):
     root = tmp_path_factory.mktemp("hostile")
     closed = str(closed_port())
     rows = [
-        {"url": c.url and c.url.replace("{base}", web.base_url).replace("{closed}", closed),
-         "caption": c.text, "case": c.name}
+        {
+            "url": c.url and c.url.replace("{base}", web.base_url).replace("{closed}", closed),
+            "caption": c.text,
+            "case": c.name,
+        }
         for c in hostile_corpus.WEB
-    ]  # fmt: skip
+    ]
     pq.write_table(pa.Table.from_pylist(rows), root / "urls.parquet")
     (root / "cfg.toml").write_text(
         "[sharding]\nshard_size = 20\n[capfilt]\nitm_threshold = 0.0\nnum_captions = 2\n"
@@ -103,8 +110,19 @@ def hostile_run(tmp_path_factory, web, tiny_models, prefect_harness):
         '[select]\nmetadata = ""\n'
     )
     captioner, filt = tiny_models
-    argv = ["run", "--urls", str(root / "urls.parquet"), "--out", str(root / "run"),
-            "--config", str(root / "cfg.toml"), "--captioner", str(captioner),
-            "--filter", str(filt), "--allow-private-network"]  # fmt: skip
+    argv = [
+        "run",
+        "--urls",
+        str(root / "urls.parquet"),
+        "--out",
+        str(root / "run"),
+        "--config",
+        str(root / "cfg.toml"),
+        "--captioner",
+        str(captioner),
+        "--filter",
+        str(filt),
+        "--allow-private-network",
+    ]
     assert cli.main(argv) == 0
     return root / "run", rows, [c.expected for c in hostile_corpus.WEB], argv

@@ -64,17 +64,34 @@ KILL_POINTS = [
 @pytest.fixture(scope="module")
 def world_loop(tmp_path_factory, tiny_models, prefect_harness):
     root = tmp_path_factory.mktemp("loop")
-    world = synthetic.write_world(root / "world", n_web=48, clean_frac=0.25, n_eval=8,
-                                  image_size=(32, 40))  # fmt: skip
+    world = synthetic.write_world(
+        root / "world", n_web=48, clean_frac=0.25, n_eval=8, image_size=(32, 40)
+    )
     server = Server(routes_from_dir(world.images, prefix="/images"))
     pq.write_table(synthetic.url_list(world.root, server.base_url), root / "urls.parquet")
     (root / "cfg.toml").write_text(CONFIG.format(metadata=world.concepts))
 
     def argv(out: Path) -> list[str]:
-        return ["bootstrap", "--urls", str(root / "urls.parquet"), "--clean", str(world.clean),
-                "--eval", str(world.eval), "--out", str(out), "--config", str(root / "cfg.toml"),
-                "--truth", str(world.truth), "--eval-truth", str(world.eval_truth),
-                "--labelled", str(world.labelled), "--allow-private-network"]  # fmt: skip
+        return [
+            "bootstrap",
+            "--urls",
+            str(root / "urls.parquet"),
+            "--clean",
+            str(world.clean),
+            "--eval",
+            str(world.eval),
+            "--out",
+            str(out),
+            "--config",
+            str(root / "cfg.toml"),
+            "--truth",
+            str(world.truth),
+            "--eval-truth",
+            str(world.eval_truth),
+            "--labelled",
+            str(world.labelled),
+            "--allow-private-network",
+        ]
 
     reference = root / "reference"
     assert cli.main(argv(reference)) == 0
@@ -90,8 +107,13 @@ def test_bootstrap_writes_a_complete_metrics_file(world_loop):
         assert METRICS <= set(found)
         assert all(0.0 <= found[k] <= 100.0 for k in ("i2t_r1", "t2i_r1", "i2t_r5", "t2i_r5"))
     capfilt = metrics["capfilt"]["round1"]
-    assert {"web_rejected_pct", "synthetic_rejected_pct", "raw_noise_pct", "curated_noise_pct",
-            "synthetic_true_pct"} <= set(capfilt)  # fmt: skip
+    assert {
+        "web_rejected_pct",
+        "synthetic_rejected_pct",
+        "raw_noise_pct",
+        "curated_noise_pct",
+        "synthetic_true_pct",
+    } <= set(capfilt)
     for model in ("round0/model", "round1/finetuned", "round1/model"):
         for part in ("captioner", "filter", "scorer"):
             assert (out / model / part / "model.safetensors").is_file()

@@ -57,15 +57,64 @@ def all_matchers(entries, casefold=False):
 
 
 TRICKY_ENTRIES = [
-    "cat", "a cat", "cat sat", "the cat sat", "sat", "cat.", "cat .", ". cat", ",", ".",
-    "dog ,", ", dog", "e . g .", "U . S .", "", " ", "  ", " dog", "dog ", "a  b", "x\ty",
-    "new\nline", "Cat", "cat", "café", "東京", "東京 タワー", "naïve ça", "(x)-y", "it's", "?!",
-]  # fmt: skip
+    "cat",
+    "a cat",
+    "cat sat",
+    "the cat sat",
+    "sat",
+    "cat.",
+    "cat .",
+    ". cat",
+    ",",
+    ".",
+    "dog ,",
+    ", dog",
+    "e . g .",
+    "U . S .",
+    "",
+    " ",
+    "  ",
+    " dog",
+    "dog ",
+    "a  b",
+    "x\ty",
+    "new\nline",
+    "Cat",
+    "cat",
+    "café",
+    "東京",
+    "東京 タワー",
+    "naïve ça",
+    "(x)-y",
+    "it's",
+    "?!",
+]
 TRICKY_TEXTS = [
-    "the cat sat.", "a cat. cat", "Cat, cat; CAT", "", " ", "dog,dog", " dog , dog", "e.g. U.S.",
-    "a  b", "a\tb", "x\ty", "new\nline", "café au lait", "東京 タワー", "東京タワー", "naïve ça va",
-    "(x)-y", "it's?!", "??", "...", "cat\r\ncat", "`cat`", "cat:sat", "a cat sat cat sat",
-]  # fmt: skip
+    "the cat sat.",
+    "a cat. cat",
+    "Cat, cat; CAT",
+    "",
+    " ",
+    "dog,dog",
+    " dog , dog",
+    "e.g. U.S.",
+    "a  b",
+    "a\tb",
+    "x\ty",
+    "new\nline",
+    "café au lait",
+    "東京 タワー",
+    "東京タワー",
+    "naïve ça va",
+    "(x)-y",
+    "it's?!",
+    "??",
+    "...",
+    "cat\r\ncat",
+    "`cat`",
+    "cat:sat",
+    "a cat sat cat sat",
+]
 
 
 def test_matchers_equal_reference_on_tricky_cases():
@@ -270,13 +319,16 @@ def test_bigram_pmi_in_bits():
 def test_build_metadata_thresholds_order_and_extras(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(CORPUS) + "\n", encoding="utf-8")
-    entries = build_metadata([corpus], min_count=2, min_pmi=1.0, extra_entries=["zebra", "a"],
-                             min_bigram_count=2)  # fmt: skip
+    entries = build_metadata(
+        [corpus], min_count=2, min_pmi=1.0, extra_entries=["zebra", "a"], min_bigram_count=2
+    )
     # extras first; unigrams by count (a: 4; new, york: 3; cat, dog: 2); bigrams by PMI
     assert entries == ["zebra", "a", "new", "york", "cat", "dog", "a cat", "a dog", "new york"]
     assert build_metadata([corpus], min_count=3, min_pmi=9.0, min_bigram_count=2) == [
-        "a", "new", "york",
-    ]  # fmt: skip
+        "a",
+        "new",
+        "york",
+    ]
 
 
 def test_build_metadata_file_reads_tsv_and_parquet(tmp_path):
@@ -284,7 +336,10 @@ def test_build_metadata_file_reads_tsv_and_parquet(tmp_path):
     pq.write_table(pa.table({"TEXT": ["new york", None, "york"]}), tmp_path / "c.parquet")
     out = tmp_path / "out.txt"
     entries = build_metadata_file(
-        [tmp_path / "c.tsv", tmp_path / "c.parquet"], out, min_count=3, min_pmi=0.0,
+        [tmp_path / "c.tsv", tmp_path / "c.parquet"],
+        out,
+        min_count=3,
+        min_pmi=0.0,
         min_bigram_count=3,
-    )  # fmt: skip
+    )
     assert entries == ["york", "new", "new york"] and load_metadata(out) == entries

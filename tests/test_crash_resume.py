@@ -64,9 +64,20 @@ def world_run(tmp_path_factory, tiny_models, prefect_harness):
     captioner, filt = tiny_models
 
     def argv(out: Path) -> list[str]:
-        return ["run", "--urls", str(root / "urls.parquet"), "--out", str(out),
-                "--config", str(root / "cfg.toml"), "--captioner", str(captioner),
-                "--filter", str(filt), "--allow-private-network"]  # fmt: skip
+        return [
+            "run",
+            "--urls",
+            str(root / "urls.parquet"),
+            "--out",
+            str(out),
+            "--config",
+            str(root / "cfg.toml"),
+            "--captioner",
+            str(captioner),
+            "--filter",
+            str(filt),
+            "--allow-private-network",
+        ]
 
     yield root, argv
     server.close()

@@ -51,26 +51,58 @@ def cand(text, source, itm, itc, kept):
 
 # sample_id -> (web text, candidates, chosen caption, its source, its ITM) of curated rows
 CURATED = {
-    0: ("a red square", [cand("a red square", "web", 0.9, 0.4, True),
-                         cand("a picture of a red box", "synthetic", 0.7, 0.3, True)],
-        "a red square", "web", 0.9),
-    1: (HOSTILE, [cand(HOSTILE, "web", 0.1, 0.0, False),
-                  cand("a picture of a green square", "synthetic", 0.8, 0.35, True)],
-        "a picture of a green square", "synthetic", 0.8),
+    0: (
+        "a red square",
+        [
+            cand("a red square", "web", 0.9, 0.4, True),
+            cand("a picture of a red box", "synthetic", 0.7, 0.3, True),
+        ],
+        "a red square",
+        "web",
+        0.9,
+    ),
+    1: (
+        HOSTILE,
+        [
+            cand(HOSTILE, "web", 0.1, 0.0, False),
+            cand("a picture of a green square", "synthetic", 0.8, 0.35, True),
+        ],
+        "a picture of a green square",
+        "synthetic",
+        0.8,
+    ),
     3: ("a red bar", [cand("a red bar", "web", 0.6, 0.2, True)], "a red bar", "web", 0.6),
-    6: ("grey", [cand("grey", "web", 0.55, 0.1, True),
-                 cand("a picture of fog & <mist>", "synthetic", 0.3, 0.05, False)],
-        "grey", "web", 0.55),
-}  # fmt: skip
+    6: (
+        "grey",
+        [
+            cand("grey", "web", 0.55, 0.1, True),
+            cand("a picture of fog & <mist>", "synthetic", 0.3, 0.05, False),
+        ],
+        "grey",
+        "web",
+        0.55,
+    ),
+}
 # sample_id -> (web text, stage, reason, detail, candidates, raw status) of rejected rows
 REJECTED = {
     2: ("a dog", "download", "download_failed", "HTTP 404", None, "failed_to_download"),
-    4: ("<b>html</b> saved as jpg", "decode", "decode_error", "cannot identify image", None,
-        "success"),
-    5: (HOSTILE, "capfilt", "no_matching_text", "no text reached ITM 0.5",
+    4: (
+        "<b>html</b> saved as jpg",
+        "decode",
+        "decode_error",
+        "cannot identify image",
+        None,
+        "success",
+    ),
+    5: (
+        HOSTILE,
+        "capfilt",
+        "no_matching_text",
+        "no text reached ITM 0.5",
         [cand(HOSTILE, "web", 0.2, 0.0, False), cand("a blue tile", "synthetic", 0.4, 0.1, False)],
-        "success"),
-}  # fmt: skip
+        "success",
+    ),
+}
 SHARD_OF = {0: 0, 1: 0, 2: 0, 3: 1, 4: 1, 5: 1, 6: 1}
 
 
@@ -79,31 +111,58 @@ def curated_row(sid: int, image: bytes | None = None) -> dict:
     image = IMAGES[sid] if image is None else image
     width, height = SIZES[sid]
     return {
-        "sample_id": sid, "key": schema.sample_key(sid), "url": f"http://x.test/{sid}.jpg",
-        "web_text": web, "candidates": candidates, "caption": caption, "caption_source": source,
-        "caption_itm": itm, "image": image, "width": width, "height": height,
-        "sha256": hashlib.sha256(image).hexdigest(), "shard": SHARD_OF[sid],
-    }  # fmt: skip
+        "sample_id": sid,
+        "key": schema.sample_key(sid),
+        "url": f"http://x.test/{sid}.jpg",
+        "web_text": web,
+        "candidates": candidates,
+        "caption": caption,
+        "caption_source": source,
+        "caption_itm": itm,
+        "image": image,
+        "width": width,
+        "height": height,
+        "sha256": hashlib.sha256(image).hexdigest(),
+        "shard": SHARD_OF[sid],
+    }
 
 
 def reject_row(sid: int) -> dict:
     web, stage, reason, detail, candidates, _ = REJECTED[sid]
     return {
-        "sample_id": sid, "url": f"http://x.test/{sid}.jpg", "web_text": web, "stage": stage,
-        "reason": reason, "detail": detail, "candidates": candidates, "shard": SHARD_OF[sid],
-    }  # fmt: skip
+        "sample_id": sid,
+        "url": f"http://x.test/{sid}.jpg",
+        "web_text": web,
+        "stage": stage,
+        "reason": reason,
+        "detail": detail,
+        "candidates": candidates,
+        "shard": SHARD_OF[sid],
+    }
 
 
 def raw_row(sid: int) -> dict:
     url = f"http://x.test/{sid}.jpg"
     if sid in CURATED:
-        return {"sample_id": sid, "url": url, "web_text": CURATED[sid][0], "status": "success",
-                "error": None, "image": IMAGES[sid]}  # fmt: skip
+        return {
+            "sample_id": sid,
+            "url": url,
+            "web_text": CURATED[sid][0],
+            "status": "success",
+            "error": None,
+            "image": IMAGES[sid],
+        }
     web, _, _, detail, _, status = REJECTED[sid]
     image = {4: b"<html>not an image</html>"}.get(sid, IMAGES.get(sid))
     error = detail if status != "success" else None
-    return {"sample_id": sid, "url": url, "web_text": web, "status": status, "error": error,
-            "image": image}  # fmt: skip
+    return {
+        "sample_id": sid,
+        "url": url,
+        "web_text": web,
+        "status": status,
+        "error": error,
+        "image": image,
+    }
 
 
 def write(rows: list[dict], table_schema: pa.Schema, path: Path) -> None:
@@ -118,18 +177,24 @@ def make_run(root: Path, damaged: int | None = None) -> Path:
     for shard in (0, 1):
         ids = [s for s, sh in SHARD_OF.items() if sh == shard]
         name = f"{shard:05d}.parquet"
-        inputs = [{"sample_id": s, "url": raw_row(s)["url"], "web_text": raw_row(s)["web_text"]}
-                  for s in ids]  # fmt: skip
+        inputs = [
+            {"sample_id": s, "url": raw_row(s)["url"], "web_text": raw_row(s)["web_text"]}
+            for s in ids
+        ]
         write(inputs, schema.INPUT, run / "input" / name)
         write([raw_row(s) for s in ids], schema.RAW, run / "raw" / name)
-        curated = [curated_row(s, b"damaged" if s == damaged else None) for s in ids
-                   if s in CURATED]  # fmt: skip
+        curated = [
+            curated_row(s, b"damaged" if s == damaged else None) for s in ids if s in CURATED
+        ]
         write(curated, schema.CURATED, run / "shards" / name)
         write([reject_row(s) for s in ids if s in REJECTED], schema.REJECTS, run / "rejects" / name)
     config = {"capfilt": {"itm_threshold": 0.5, "num_captions": 2, "max_image_pixels": 10**8}}
-    counts = {"input": 7, "curated": 4, "rejected": 3,
-              "rejects_by_reason": {"decode_error": 1, "download_failed": 1,
-                                    "no_matching_text": 1}}  # fmt: skip
+    counts = {
+        "input": 7,
+        "curated": 4,
+        "rejected": 3,
+        "rejects_by_reason": {"decode_error": 1, "download_failed": 1, "no_matching_text": 1},
+    }
     models = {"captioner": "tiny-cap", "filter": "tiny-itm"}
     manifest = {"config": config, "counts": counts, "models": models, "timings": {"wall": 1.5}}
     (run / "manifest.json").write_text(json.dumps(manifest))
@@ -152,7 +217,11 @@ def test_webdataset_shards_read_back_with_the_webdataset_library(run_dir, tmp_pa
     out = tmp_path / "wds"
     manifest = ex.export(run_dir, out, fmt="webdataset", shard_size=3)
     assert sorted(p.name for p in out.iterdir()) == [
-        "00000.tar", "00001.tar", "manifest.json", "sizes.json"]  # fmt: skip
+        "00000.tar",
+        "00001.tar",
+        "manifest.json",
+        "sizes.json",
+    ]
     samples = read_wds(out)
     assert [s[0] for s in samples] == [schema.sample_key(i) for i in (0, 1, 3, 6)]
     for key, image, text, meta in samples:
@@ -201,8 +270,11 @@ def test_parquet_round_trip_keeps_original_image_bytes(run_dir, tmp_path):
 
 def test_jsonl_round_trip_has_captions_and_scores_but_no_image(run_dir, tmp_path):
     manifest = ex.export(run_dir, tmp_path / "jl", fmt="jsonl", shard_size=2)
-    lines = [json.loads(line) for p in sorted((tmp_path / "jl").glob("*.jsonl"))
-             for line in p.read_text().splitlines()]  # fmt: skip
+    lines = [
+        json.loads(line)
+        for p in sorted((tmp_path / "jl").glob("*.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
     assert manifest["counts"] == {"rows": 4, "shards": 2}
     assert [r["sample_id"] for r in lines] == [0, 1, 3, 6]
     assert all("image" not in r for r in lines)
@@ -221,8 +293,11 @@ def test_jsonl_round_trip_has_captions_and_scores_but_no_image(run_dir, tmp_path
 )
 def test_predicate_selects_rows(run_dir, tmp_path, where, ids):
     manifest = ex.export(run_dir, tmp_path / "out", where=where, fmt="jsonl")
-    rows = [json.loads(x) for p in sorted((tmp_path / "out").glob("*.jsonl"))
-            for x in p.read_text().splitlines()]  # fmt: skip
+    rows = [
+        json.loads(x)
+        for p in sorted((tmp_path / "out").glob("*.jsonl"))
+        for x in p.read_text().splitlines()
+    ]
     assert [r["sample_id"] for r in rows] == ids
     assert manifest["where"] == where and manifest["counts"]["rows"] == len(ids)
 
@@ -298,9 +373,16 @@ def test_manifest_records_predicate_format_counts_and_source(run_dir, tmp_path):
 
 def test_annotations_add_dfn_and_concepts_and_can_be_filtered_on(run_dir, tmp_path):
     con = sql.connect(run_dir)
-    con.register("annotations", pa.table({"sample_id": [0, 1, 3, 6],
-        "dfn": pa.array([0.3, 0.1, 0.25, 0.05], pa.float32()),
-        "concepts": [["red", "square"], ["green"], ["red"], []]}))  # fmt: skip
+    con.register(
+        "annotations",
+        pa.table(
+            {
+                "sample_id": [0, 1, 3, 6],
+                "dfn": pa.array([0.3, 0.1, 0.25, 0.05], pa.float32()),
+                "concepts": [["red", "square"], ["green"], ["red"], []],
+            }
+        ),
+    )
     plan = ex.make_plan(con, run_dir, "dfn >= 0.25", "jsonl", "chosen")
     assert plan.annotated and "dfn" in plan.columns
     out = tmp_path / "out"

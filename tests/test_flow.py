@@ -128,8 +128,12 @@ def test_sql_views_over_runs_and_output_formats(curated_run, tmp_path, capsys):
     curated = expected.count("curated")
     assert json.loads(capsys.readouterr().out) == {"run_id": run_dir.name, "n": curated}
     out = tmp_path / "texts.parquet"
-    assert cli.main(["sql", str(run_dir), "SELECT * FROM texts", "--format", "parquet",
-                     "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            ["sql", str(run_dir), "SELECT * FROM texts", "--format", "parquet", "--out", str(out)]
+        )
+        == 0
+    )
     assert set(pq.read_table(out)["source"].to_pylist()) == {"web", "synthetic"}
     steps = "SELECT step, count(*) AS n FROM shards GROUP BY step ORDER BY step"
     assert cli.main(["sql", str(run_dir), steps, "--format", "csv"]) == 0
@@ -170,8 +174,11 @@ def test_export_and_report_from_the_cli(curated_run, tmp_path, capsys):
     out = tmp_path / "wds"
     argv = ["export", str(run_dir), "--out", str(out), "--where", "width >= 20"]
     assert cli.main(argv) == 0
-    samples = list(wds.WebDataset(str(out / "00000.tar"), shardshuffle=False)
-                   .decode("pil").to_tuple("__key__", "jpg", "txt"))  # fmt: skip
+    samples = list(
+        wds.WebDataset(str(out / "00000.tar"), shardshuffle=False)
+        .decode("pil")
+        .to_tuple("__key__", "jpg", "txt")
+    )
     assert samples and all(image.width >= 20 for _, image, _ in samples)
     assert cli.main(["export", str(run_dir), "--out", str(tmp_path / "x"), "--where", "1 +"]) == 2
     assert not (tmp_path / "x").exists()

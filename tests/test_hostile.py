@@ -119,8 +119,17 @@ def test_pickle_weights_are_refused(tmp_path, tiny_models, capsys):
     torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
     (folder / "model.safetensors").unlink()
     (tmp_path / "urls.csv").write_text("url,caption\nhttp://example.com/a.jpg,a\n")
-    argv = ["run", "--urls", str(tmp_path / "urls.csv"), "--out", str(tmp_path / "run"),
-            "--captioner", str(folder), "--filter", str(tiny_models[1])]  # fmt: skip
+    argv = [
+        "run",
+        "--urls",
+        str(tmp_path / "urls.csv"),
+        "--out",
+        str(tmp_path / "run"),
+        "--captioner",
+        str(folder),
+        "--filter",
+        str(tiny_models[1]),
+    ]
     assert cli.main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "no .safetensors weights" in lines[0]

@@ -13,8 +13,13 @@ def test_perfect_retrieval_is_100_with_several_texts_per_image():
     text_ids = [10, 10, 20, 20, 30, 30]
     sim = np.array([[1.0 if t == i else 0.0 for t in text_ids] for i in image_ids])
     out = retrieval_recall(sim, text_ids, image_ids, ks=(1, 5))
-    assert out == {"i2t_r1": 100.0, "t2i_r1": 100.0, "i2t_r5": 100.0, "t2i_r5": 100.0,
-                   "r_mean": 100.0}  # fmt: skip
+    assert out == {
+        "i2t_r1": 100.0,
+        "t2i_r1": 100.0,
+        "i2t_r5": 100.0,
+        "t2i_r5": 100.0,
+        "r_mean": 100.0,
+    }
 
 
 def test_known_permutation():
@@ -50,8 +55,15 @@ def test_retrieval_rejects_a_transposed_matrix():
 
 def test_tokenize_lowercases_and_strips_punctuation():
     assert tokenize("Two shapes: a Red circle, IMG_0423.jpg!") == [
-        "two", "shapes", "a", "red", "circle", "img", "0423", "jpg"
-    ]  # fmt: skip
+        "two",
+        "shapes",
+        "a",
+        "red",
+        "circle",
+        "img",
+        "0423",
+        "jpg",
+    ]
 
 
 def test_bleu_of_identical_captions_is_one():

@@ -36,8 +36,11 @@ def annotate(run_dir) -> None:
     table = pa.table({"sample_id": [0, 1, 3, 6], "dfn": dfn, "concepts": concepts})
     (run_dir / "annotations").mkdir()
     pq.write_table(table, run_dir / "annotations" / "00000.parquet")
-    selection = {"order": "score_then_balance", "score": {"threshold": 0.2, "scorer": "tiny-dfn"},
-                 "balance": {"t": 1, "metadata": "default"}}  # fmt: skip
+    selection = {
+        "order": "score_then_balance",
+        "score": {"threshold": 0.2, "scorer": "tiny-dfn"},
+        "balance": {"t": 1, "metadata": "default"},
+    }
     (run_dir / "selection.json").write_text(json.dumps(selection))
 
 
@@ -62,8 +65,13 @@ def test_report_is_self_contained_and_escapes_hostile_text(run_dir):
 
 def test_report_shows_the_funnel_counts(run_dir):
     page = report.write_report(run_dir).read_text()
-    for step, rows in [("input", 7), ("downloaded", 6), ("decoded", 5), ("CapFilt passed", 4),
-                       ("curated", 4)]:  # fmt: skip
+    for step, rows in [
+        ("input", 7),
+        ("downloaded", 6),
+        ("decoded", 5),
+        ("CapFilt passed", 4),
+        ("curated", 4),
+    ]:
         assert f"<td>{step}</td><td class=num>{rows}</td>" in page
     for reason in ("download_failed", "decode_error", "no_matching_text"):
         assert f'<span class="reason">{reason}</span> 1' in page
@@ -93,11 +101,21 @@ def test_annotations_add_dfn_histogram_concepts_and_thresholds(run_dir):
 
 def test_funnel_assigns_rejects_to_steps_by_reason_then_stage(run_dir):
     info = report.RunInfo(run_dir, {}, {"order": "balance_then_score", "score": {}}, False)
-    rejects = [("download", "download_failed", 2), ("select", "balanced_out", 3),
-               ("select", "below_score_quantile", 1), ("dedup", "duplicate", 1),
-               ("capfilt", "some_new_reason", 1)]  # fmt: skip
+    rejects = [
+        ("download", "download_failed", 2),
+        ("select", "balanced_out", 3),
+        ("select", "below_score_quantile", 1),
+        ("dedup", "duplicate", 1),
+        ("capfilt", "some_new_reason", 1),
+    ]
     steps = report.funnel(20, rejects, info)
     assert [(s.label, s.rows) for s in steps] == [
-        ("input", 20), ("downloaded", 18), ("decoded", 18), ("CapFilt passed", 17),
-        ("balanced", 14), ("scored", 13), ("curated", 12)]  # fmt: skip
+        ("input", 20),
+        ("downloaded", 18),
+        ("decoded", 18),
+        ("CapFilt passed", 17),
+        ("balanced", 14),
+        ("scored", 13),
+        ("curated", 12),
+    ]
     assert steps[-1].dropped == [("duplicate", 1)]

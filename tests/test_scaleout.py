@@ -23,8 +23,20 @@ def image(i: int, size: tuple[int, int] | None = None, fmt: str = "JPEG") -> byt
 ROUTES = Routes({f"/{i}.jpg": (200, "image/jpeg", image(i)) for i in range(9)})
 ROUTES["/page.jpg"] = (200, "image/jpeg", b"<html><body>not found</body></html>")
 ROUTES["/pixel.png"] = (200, "image/png", image(0, (1, 1), "PNG"))
-PATHS = ["/0.jpg", "/1.jpg", "/page.jpg", "/2.jpg", "/3.jpg", "/pixel.png",
-         "/4.jpg", "/5.jpg", "/gone.jpg", "/6.jpg", "/7.jpg", "/8.jpg"]  # fmt: skip
+PATHS = [
+    "/0.jpg",
+    "/1.jpg",
+    "/page.jpg",
+    "/2.jpg",
+    "/3.jpg",
+    "/pixel.png",
+    "/4.jpg",
+    "/5.jpg",
+    "/gone.jpg",
+    "/6.jpg",
+    "/7.jpg",
+    "/8.jpg",
+]
 CONFIG = """
 [sharding]
 shard_size = 3
@@ -52,9 +64,18 @@ def two_runs(tmp_path_factory, tiny_models, prefect_harness):
         pq.write_table(pa.Table.from_pylist(rows), root / "urls.parquet")
         (root / "cfg.toml").write_text(CONFIG)
         captioner, filt = tiny_models
-        argv = ["run", "--urls", str(root / "urls.parquet"), "--config", str(root / "cfg.toml"),
-                "--captioner", str(captioner), "--filter", str(filt),
-                "--allow-private-network"]  # fmt: skip
+        argv = [
+            "run",
+            "--urls",
+            str(root / "urls.parquet"),
+            "--config",
+            str(root / "cfg.toml"),
+            "--captioner",
+            str(captioner),
+            "--filter",
+            str(filt),
+            "--allow-private-network",
+        ]
         assert cli.main([*argv, "--out", str(root / "single")]) == 0
         assert cli.main([*argv, "--out", str(root / "dask"), "--workers", "2"]) == 0
     finally:

@@ -21,12 +21,25 @@ def save_tiny_clip(folder, seed: int = 0):
     CLIP pools the text at its EOS token; with a BERT tokenizer that is [SEP].
     """
     tokenizer = tiny.load_tokenizer()
-    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64,
-                bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-                pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                  num_hidden_layers=2, num_attention_heads=2)  # fmt: skip
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+    )
     torch.manual_seed(seed)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
     with torch.no_grad():  # larger weights than the init, so pair scores spread out

@@ -29,8 +29,9 @@ BALANCE_ONLY = SelectConfig(scorer="", metadata="default", t=100)
 def annotations(rows: list[tuple]) -> pa.Table:
     """ANNOTATIONS from (sample_id, dfn, concepts) tuples."""
     names = select.ANNOTATIONS.names
-    return pa.Table.from_pylist([dict(zip(names, r, strict=True)) for r in rows],
-                                schema=select.ANNOTATIONS)  # fmt: skip
+    return pa.Table.from_pylist(
+        [dict(zip(names, r, strict=True)) for r in rows], schema=select.ANNOTATIONS
+    )
 
 
 def plan_for(table: pa.Table, cfg: SelectConfig) -> dict:
@@ -104,8 +105,13 @@ def blip_scorer(tmp_path_factory):
 def test_annotate_scores_and_matches(blip_scorer):
     captions = ["a red circle", "Two dogs, a cat.", "nothing here", "a broken image"]
     images = [png((200, 0, 0)), png((0, 90, 200)), png((0, 200, 0)), b"not an image"]
-    curated = pa.table({"sample_id": pa.array([5, 2, 9, 11], pa.int64()), "caption": captions,
-                        "image": pa.array(images, pa.binary())})  # fmt: skip
+    curated = pa.table(
+        {
+            "sample_id": pa.array([5, 2, 9, 11], pa.int64()),
+            "caption": captions,
+            "image": pa.array(images, pa.binary()),
+        }
+    )
     matcher = ConceptMatcher(["a", "dogs", "cat", "red circle", "dogs"])
     out = select.annotate(curated, blip_scorer, matcher, batch_size=2, num_workers=1)
     assert out.schema == select.ANNOTATIONS

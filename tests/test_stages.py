@@ -10,13 +10,22 @@ from curation.pipeline import capfilt, download, images, urls
 
 
 def test_invalid_url_schemes_and_malformed_urls():
-    for url in ["ftp://example.com/a.jpg", "file:///etc/passwd", "not a url", "", None,
-                "http://example.com:99999999/a.jpg", "http:///nohost.jpg"]:  # fmt: skip
+    for url in [
+        "ftp://example.com/a.jpg",
+        "file:///etc/passwd",
+        "not a url",
+        "",
+        None,
+        "http://example.com:99999999/a.jpg",
+        "http:///nohost.jpg",
+    ]:
         assert download.check_url(url, allow_private_network=True)[0] == "invalid_url", url
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254",
-                                  "[::1]", "localhost", "0.0.0.0"])  # fmt: skip
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "[::1]", "localhost", "0.0.0.0"],
+)
 def test_private_addresses_are_blocked_unless_allowed(host):
     url = f"http://{host}/a.jpg"
     reason, detail = download.check_url(url, allow_private_network=False)
@@ -59,8 +68,11 @@ def test_16_bit_png_keeps_its_range():
 
 
 def test_judge_keeps_texts_at_threshold_and_picks_best():
-    cands = [{"text": "w", "source": "web", "itm": 0.6}, {"text": "s", "source": "synthetic",
-             "itm": 0.9}, {"text": "t", "source": "synthetic", "itm": 0.2}]  # fmt: skip
+    cands = [
+        {"text": "w", "source": "web", "itm": 0.6},
+        {"text": "s", "source": "synthetic", "itm": 0.9},
+        {"text": "t", "source": "synthetic", "itm": 0.2},
+    ]
     cands, best = capfilt.judge(cands, threshold=0.5)
     assert [c["kept"] for c in cands] == [True, True, False] and best["text"] == "s"
 
@@ -128,8 +140,20 @@ def test_metadata_build_cli(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("new york city at night\nnew york skyline\nnew york taxi\nold dog\n" * 5)
     out = tmp_path / "meta.txt"
-    argv = ["metadata", "build", "--corpus", str(corpus), "--out", str(out), "--min-count", "5",
-            "--min-pmi", "0.5", "--min-bigram-count", "5"]  # fmt: skip
+    argv = [
+        "metadata",
+        "build",
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--min-count",
+        "5",
+        "--min-pmi",
+        "0.5",
+        "--min-bigram-count",
+        "5",
+    ]
     assert cli.main(argv) == 0
     entries = out.read_text().splitlines()
     assert "new york" in entries and "york" in entries and "dog" in entries

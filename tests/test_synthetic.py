@@ -52,8 +52,10 @@ def _sha(data: bytes) -> str:
 
 
 def test_same_seed_same_world_other_seed_other_world(tmp_path):
-    worlds = [syn.write_world(tmp_path / d, n_web=30, n_eval=5, seed=s) for d, s in
-              (("a", 3), ("b", 3), ("c", 4))]  # fmt: skip
+    worlds = [
+        syn.write_world(tmp_path / d, n_web=30, n_eval=5, seed=s)
+        for d, s in (("a", 3), ("b", 3), ("c", 4))
+    ]
     for name in ("web", "truth", "clean", "eval", "eval_truth", "labelled"):
         a, b = (pq.read_table(getattr(w, name)) for w in worlds[:2])
         assert a.equals(b), name
@@ -115,8 +117,14 @@ def test_labelled_set_is_disjoint_and_leaves_the_other_sets_alone(world, tmp_pat
 
 
 def test_labels_are_the_object_classes_of_the_scene(world):
-    assert syn.object_labels(SCENE) == ["blue", "blue square", "circle", "red", "red circle",
-                                        "square"]  # fmt: skip
+    assert syn.object_labels(SCENE) == [
+        "blue",
+        "blue square",
+        "circle",
+        "red",
+        "red circle",
+        "square",
+    ]
     combos = Counter(x for r in _read(world.labelled) for x in r["labels"] if " " in x)
     assert len(combos) == 80 and min(combos.values()) >= 5  # uniform: every class well seen
 

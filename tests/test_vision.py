@@ -20,15 +20,17 @@ from flows import cli
 
 # 32 px tiny models, 40 epochs over 540 images (1,360 steps): about 7 s on one core; held-out
 # label AUC 0.84-0.85 over seeds 0-2 (10 epochs: 0.61-0.63).
-CFG = TrainConfig(size="tiny", warmup=5, vision_epochs=40, vision_batch_size=16, vision_lr=5e-3,
-                  log_every=50)  # fmt: skip
+CFG = TrainConfig(
+    size="tiny", warmup=5, vision_epochs=40, vision_batch_size=16, vision_lr=5e-3, log_every=50
+)
 
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
     root = tmp_path_factory.mktemp("labelled")
-    return synthetic.write_world(root, n_web=20, n_eval=4, n_labelled=600,
-                                 image_size=(32, 40)).labelled  # fmt: skip
+    return synthetic.write_world(
+        root, n_web=20, n_eval=4, n_labelled=600, image_size=(32, 40)
+    ).labelled
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +70,9 @@ def test_vision_init_is_part_of_the_training_fingerprint(encoder, tmp_path):
     out, _ = encoder
 
     def fingerprint(vision_init: str) -> str:
-        return training_fingerprint("pretrain", TrainConfig(size="tiny", vision_init=vision_init),
-                                    "data", None)  # fmt: skip
+        return training_fingerprint(
+            "pretrain", TrainConfig(size="tiny", vision_init=vision_init), "data", None
+        )
 
     moved = tmp_path / "moved"
     moved.symlink_to(out)  # the same weights under another path: the same training
@@ -109,8 +112,15 @@ def test_undecodable_images_are_counted_not_raised(labelled, tmp_path):
 
 def test_cli_writes_the_encoder_and_refuses_a_set_without_labels(labelled, tmp_path, capsys):
     (tmp_path / "cfg.toml").write_text('[train]\nsize = "tiny"\nvision_epochs = 1\n')
-    argv = ["pretrain-vision", "--labelled", str(labelled), "--out", str(tmp_path / "enc"),
-            "--config", str(tmp_path / "cfg.toml")]  # fmt: skip
+    argv = [
+        "pretrain-vision",
+        "--labelled",
+        str(labelled),
+        "--out",
+        str(tmp_path / "enc"),
+        "--config",
+        str(tmp_path / "cfg.toml"),
+    ]
     assert cli.main(argv) == 0
     assert (tmp_path / "enc" / LOG_FILE).is_file()
     assert "vision_init" in capsys.readouterr().out

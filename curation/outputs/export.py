@@ -413,13 +413,17 @@ def make_manifest(
 ) -> dict:
     """What the export holds and where it came from; written last, as the completion marker."""
     manifest = {
-        "format": plan.fmt, "where": plan.where, "caption": plan.caption,
-        "shard_size": shard_size, "columns": plan.columns,
+        "format": plan.fmt,
+        "where": plan.where,
+        "caption": plan.caption,
+        "shard_size": shard_size,
+        "columns": plan.columns,
         "counts": {"rows": sum(s.rows for s in shards), "shards": len(shards)},
-        "shards": [vars(s) for s in shards], "source": source_summary(run_dir),
+        "shards": [vars(s) for s in shards],
+        "source": source_summary(run_dir),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {n: metadata.version(n) for n in ("duckdb", "pyarrow", "pillow")},
-    }  # fmt: skip
+    }
     if plan.fmt == "webdataset" and shards:
         manifest["reencoded_images"] = plan.reencoded
         manifest["train_data"] = str(out_dir.resolve() / f"{{00000..{len(shards) - 1:05d}}}.tar")

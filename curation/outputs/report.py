@@ -200,8 +200,10 @@ def funnel(input_rows: int, rejects: list[tuple], info: RunInfo) -> list[Step]:
     dropped: dict[str, list] = {label: [] for label in labels}
     for stage, reason, rows in rejects:
         dropped[_step_of(stage, reason, labels)].append((reason, rows))
-    ran = {"scored": bool(info.selection.get("score")),
-           "balanced": bool(info.selection.get("balance"))}  # fmt: skip
+    ran = {
+        "scored": bool(info.selection.get("score")),
+        "balanced": bool(info.selection.get("balance")),
+    }
     steps, left = [Step("input", input_rows, [])], input_rows
     for label in labels:
         left -= sum(n for _, n in dropped[label])
@@ -313,13 +315,27 @@ def histogram_png(con, spec: Histogram) -> str | None:
 def scores_html(con, info: RunInfo) -> str:
     """ITM and ITC histograms per text source, DFN when the run has scores."""
     specs = [
-        Histogram("report_values_itm", "ITM match probability", "P(match)", "texts",
-                  info.itm_threshold, "ITM threshold"),
+        Histogram(
+            "report_values_itm",
+            "ITM match probability",
+            "P(match)",
+            "texts",
+            info.itm_threshold,
+            "ITM threshold",
+        ),
         Histogram("report_values_itc", "ITC similarity", "cosine", "texts"),
-    ]  # fmt: skip
+    ]
     if info.annotated:
-        specs.append(Histogram("report_values_dfn", "DFN score", "cosine (image, caption)",
-                               "images", info.dfn_threshold, "DFN threshold"))  # fmt: skip
+        specs.append(
+            Histogram(
+                "report_values_dfn",
+                "DFN score",
+                "cosine (image, caption)",
+                "images",
+                info.dfn_threshold,
+                "DFN threshold",
+            )
+        )
     figures = [(spec.title, histogram_png(con, spec)) for spec in specs]
     imgs = "".join(f'<img src="{uri}" alt="{esc(title)}">' for title, uri in figures if uri)
     if not imgs:
@@ -339,8 +355,12 @@ def concepts_png(con, info: RunInfo) -> str | None:
         counts = np.asarray(data["n"][data["stage"] == stage], dtype=float)
         if len(counts):
             ranks = np.arange(1, len(counts) + 1)
-            ax.loglog(ranks, counts, label=f"{label}: {len(counts):,} entries, "
-                      f"{int(counts.sum()):,} matches", **styles[stage])  # fmt: skip
+            ax.loglog(
+                ranks,
+                counts,
+                label=f"{label}: {len(counts):,} entries, {int(counts.sum()):,} matches",
+                **styles[stage],
+            )
     if info.t:
         ax.axhline(info.t, color="crimson", linestyle="--", linewidth=1.2, label=f"t = {info.t:,}")
     ax.set(title="Concept frequency by rank", xlabel="rank", ylabel="matches")
@@ -466,9 +486,11 @@ def samples_html(con, info: RunInfo, counts: dict) -> str:
         rec["image"] = images.get(rec["sample_id"])
     columns = [
         (f"Kept ({len(kept)} of {counts['curated']:,})", [card_html(r, info, True) for r in kept]),
-        (f"Rejected ({len(rejected)} of {counts['rejected']:,})",
-         [card_html(r, info, False) for r in rejected]),
-    ]  # fmt: skip
+        (
+            f"Rejected ({len(rejected)} of {counts['rejected']:,})",
+            [card_html(r, info, False) for r in rejected],
+        ),
+    ]
     html_columns = "".join(
         f"<div><h3>{esc(title)}</h3>{''.join(cards) or '<p class=muted>none</p>'}</div>"
         for title, cards in columns

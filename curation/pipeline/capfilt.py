@@ -63,8 +63,9 @@ def batches(images: list[bytes], captioner: Captioner, filt: Filter, cfg: CapFil
 
     def make(start: int) -> Batch:
         rows = range(start, min(start + cfg.batch_size, len(images)))
-        return collate([(i, decode_image(images[i], cfg.min_image_side, cfg.max_image_pixels))
-                        for i in rows])  # fmt: skip
+        return collate(
+            [(i, decode_image(images[i], cfg.min_image_side, cfg.max_image_pixels)) for i in rows]
+        )
 
     starts = range(0, len(images), cfg.batch_size)
     if cfg.num_workers == 0:
@@ -131,19 +132,33 @@ def _score_batch(batch: Batch, texts_in: list, captioner, filt, cfg, sample_ids)
 
 def _reject(row: dict, stage: str, reason: str, detail: str | None, shard: int, cands=None):
     return {
-        "sample_id": row["sample_id"], "url": row["url"], "web_text": row["web_text"],
-        "stage": stage, "reason": reason, "detail": detail, "candidates": cands, "shard": shard,
-    }  # fmt: skip
+        "sample_id": row["sample_id"],
+        "url": row["url"],
+        "web_text": row["web_text"],
+        "stage": stage,
+        "reason": reason,
+        "detail": detail,
+        "candidates": cands,
+        "shard": shard,
+    }
 
 
 def _curated(row: dict, cands: list, best: dict, size: tuple, shard: int) -> dict:
     return {
-        "sample_id": row["sample_id"], "key": schema.sample_key(row["sample_id"]),
-        "url": row["url"], "web_text": row["web_text"], "candidates": cands,
-        "caption": best["text"], "caption_source": best["source"], "caption_itm": best["itm"],
-        "image": row["image"], "width": size[0], "height": size[1],
-        "sha256": hashlib.sha256(row["image"]).hexdigest(), "shard": shard,
-    }  # fmt: skip
+        "sample_id": row["sample_id"],
+        "key": schema.sample_key(row["sample_id"]),
+        "url": row["url"],
+        "web_text": row["web_text"],
+        "candidates": cands,
+        "caption": best["text"],
+        "caption_source": best["source"],
+        "caption_itm": best["itm"],
+        "image": row["image"],
+        "width": size[0],
+        "height": size[1],
+        "sha256": hashlib.sha256(row["image"]).hexdigest(),
+        "shard": shard,
+    }
 
 
 def download_rejects(raw: pa.Table, shard: int) -> list[dict]:
@@ -169,9 +184,13 @@ def capfilt_shard(
             picked = [rows[i] for i in batch.rows]
             t0 = time.perf_counter()
             scored = _score_batch(
-                batch, [r["web_text"] for r in picked], captioner, filt, cfg,
+                batch,
+                [r["web_text"] for r in picked],
+                captioner,
+                filt,
+                cfg,
                 [r["sample_id"] for r in picked],
-            )  # fmt: skip
+            )
             result.model_seconds += time.perf_counter() - t0
             result.images += len(picked)
             for row, cands, size in zip(picked, scored, batch.sizes, strict=True):
@@ -211,7 +230,12 @@ def apply_decisions(passed: pa.Table, notes: pa.Table, decisions: pa.Table, shar
             note = note_by_id[row["sample_id"]]
             curated.append({**row, "dfn": note["dfn"], "concepts": note["concepts"]})
         else:
-            rejects.append(_reject(row, "select", decision["reason"], decision["detail"], shard,
-                                   row["candidates"]))  # fmt: skip
-    return (pa.Table.from_pylist(curated, schema=schema.CURATED),
-            pa.Table.from_pylist(rejects, schema=schema.REJECTS))  # fmt: skip
+            rejects.append(
+                _reject(
+                    row, "select", decision["reason"], decision["detail"], shard, row["candidates"]
+                )
+            )
+    return (
+        pa.Table.from_pylist(curated, schema=schema.CURATED),
+        pa.Table.from_pylist(rejects, schema=schema.REJECTS),
+    )

@@ -66,10 +66,14 @@ def prepare(spec: RunSpec, cfg: RunConfig) -> list[int]:
     for shard, part in enumerate(parts):
         io.write_parquet(part, run_dir.shard_file("input", shard), schema.INPUT)
     known = {
-        "fingerprint": fingerprint, "urls": str(Path(spec.urls)), "url_col": spec.url_col,
-        "caption_col": spec.caption_col, "rows": len(table), "shards": len(parts),
+        "fingerprint": fingerprint,
+        "urls": str(Path(spec.urls)),
+        "url_col": spec.url_col,
+        "caption_col": spec.caption_col,
+        "rows": len(table),
+        "shards": len(parts),
         "config": cfg.to_dict(),
-    }  # fmt: skip
+    }
     io.write_json(known, run_dir.run_json)
     return list(range(len(parts)))
 
@@ -92,10 +96,14 @@ def write_manifest(run_dir: RunDir, cfg: RunConfig, timings: dict) -> dict:
         "rejects_by_reason": dict(sorted(rejects.items())),
     }
     manifest = {
-        "urls": run["urls"], "shards": run["shards"], "config": cfg.to_dict(),
+        "urls": run["urls"],
+        "shards": run["shards"],
+        "config": cfg.to_dict(),
         "models": {"captioner": cfg.capfilt.captioner, "filter": cfg.capfilt.filter},
-        "versions": versions(), "counts": counts, "timings": timings,
-    }  # fmt: skip
+        "versions": versions(),
+        "counts": counts,
+        "timings": timings,
+    }
     io.write_json(manifest, run_dir.manifest)
     return manifest
 
@@ -113,6 +121,8 @@ def summary(run_dir: RunDir) -> dict:
     return {
         "run": run_dir.root.name,
         "status": "done" if manifest else f"incomplete ({done}/{known['shards']} shards)",
-        "input": known["rows"], "curated": counts["curated"], "rejected": counts["rejected"],
+        "input": known["rows"],
+        "curated": counts["curated"],
+        "rejected": counts["rejected"],
         "seconds": round(manifest["timings"]["wall"], 1) if manifest else None,
-    }  # fmt: skip
+    }

@@ -135,8 +135,9 @@ def annotate(
     captions = curated["caption"]
     dfn = None
     if scorer is not None:
-        dfn = _dfn_scores(scorer, curated["image"].to_pylist(), captions.to_pylist(),
-                          batch_size, num_workers)  # fmt: skip
+        dfn = _dfn_scores(
+            scorer, curated["image"].to_pylist(), captions.to_pylist(), batch_size, num_workers
+        )
     concepts = None if matcher is None else _matched_entries(matcher, captions)
     return pa.table(
         {
@@ -276,8 +277,9 @@ def global_plan(
 def _score_plan(con: duckdb.DuckDBPyConnection, cfg: SelectConfig, population: str) -> dict:
     """Threshold and score statistics over ``score_population`` (DFN, arXiv 2309.17425)."""
     min_score = _min_score(cfg)
-    stats = _one(con, "select_score_threshold", keep_fraction=cfg.score_keep_fraction,
-                 min_score=min_score)  # fmt: skip
+    stats = _one(
+        con, "select_score_threshold", keep_fraction=cfg.score_keep_fraction, min_score=min_score
+    )
     return {
         **stats,
         "source": "score_keep_fraction" if min_score is None else "min_score",
@@ -306,14 +308,16 @@ def _balance_plan(con: duckdb.DuckDBPyConnection, cfg: SelectConfig, threshold) 
         "t": int(t),
         "t_source": "t" if cfg.t else "tail_share",
         "tail_share_target": None if cfg.t else cfg.tail_share,
-        "population": "every annotated row" if threshold is None else "rows at or above the "
-        "DFN threshold",
+        "population": "every annotated row"
+        if threshold is None
+        else "rows at or above the DFN threshold",
         "metadata": cfg.metadata,
         "casefold": cfg.casefold,
         # entries above t: p = t / count; every other entry has p = 1
-        "head_counts": dict(zip(np.array(entries, dtype=object)[head].tolist(),
-                                matches[head].tolist(), strict=True)),
-    }  # fmt: skip
+        "head_counts": dict(
+            zip(np.array(entries, dtype=object)[head].tolist(), matches[head].tolist(), strict=True)
+        ),
+    }
 
 
 def _count_stats(matches: np.ndarray, t: int) -> dict:
@@ -393,18 +397,24 @@ def decide(
     """
     plan = SelectionPlan.of(plan)
     if cfg is not None and decision_settings(cfg) != plan.settings:
-        raise ValueError("selection plan was made with another [select] configuration; "
-                         "rerun the global selection step")  # fmt: skip
+        raise ValueError(
+            "selection plan was made with another [select] configuration; "
+            "rerun the global selection step"
+        )
     checks = _checks(plan)
     ids = annotations["sample_id"].to_pylist()
     columns = (annotations[c].to_pylist() for c in ("dfn", "concepts"))
     verdicts = [_verdict(checks, *row) for row in zip(ids, *columns, strict=True)]
     reasons = [reason for reason, _ in verdicts]
     return pa.table(
-        {"sample_id": ids, "keep": [r is None for r in reasons], "reason": reasons,
-         "detail": [detail for _, detail in verdicts]},
+        {
+            "sample_id": ids,
+            "keep": [r is None for r in reasons],
+            "reason": reasons,
+            "detail": [detail for _, detail in verdicts],
+        },
         schema=DECISIONS,
-    )  # fmt: skip
+    )
 
 
 def _verdict(checks: list[Callable], sample_id: int, dfn, concepts) -> tuple[str | None, str]:

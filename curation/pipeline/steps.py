@@ -139,13 +139,21 @@ def _describe_capfilt(summary: dict) -> str:
 
 STEPS = (
     Step("download", download_shard, io_bound=True, retries=1, describe=_describe_download),
-    Step("capfilt", capfilt_shard, stages=("download", "decode", "capfilt"),
-         describe=_describe_capfilt),
+    Step(
+        "capfilt",
+        capfilt_shard,
+        stages=("download", "decode", "capfilt"),
+        describe=_describe_capfilt,
+    ),
     Step("annotate", annotate_shard, describe=lambda s: f"{s['rows']} rows"),
     Step("plan", plan_run, per_shard=False),
-    Step("select", select_shard, stages=("select",),
-         describe=lambda s: f"{s['curated']} curated of {s['rows']}"),
-)  # fmt: skip
+    Step(
+        "select",
+        select_shard,
+        stages=("select",),
+        describe=lambda s: f"{s['curated']} curated of {s['rows']}",
+    ),
+)
 BY_NAME = {step.name: step for step in STEPS}
 PLAN = next(i for i, step in enumerate(STEPS) if not step.per_shard)
 BEFORE_PLAN, AFTER_PLAN = STEPS[:PLAN], STEPS[PLAN + 1 :]  # per-shard steps around the plan

@@ -62,8 +62,9 @@ def tail_concepts(matcher: ConceptMatcher, web: list[str], eval_texts: list[str]
     counts = balance.count_matches(
         [e for found in matcher.match_many(web) for e in found], len(matcher.entries)
     )
-    mentioned = sorted({e for found in matcher.match_many(eval_texts) for e in found},
-                       key=lambda e: (counts[e], e))  # fmt: skip
+    mentioned = sorted(
+        {e for found in matcher.match_many(eval_texts) for e in found}, key=lambda e: (counts[e], e)
+    )
     return set(mentioned[: math.ceil(len(mentioned) * TAIL_FRACTION)])
 
 
@@ -77,8 +78,12 @@ def tail_recall(model_dir: Path, eval_parquet: Path, matcher: ConceptMatcher, ta
     tail_image = np.isin(image_ids, text_ids[tail_text])
     i2t = metrics.retrieval_recall(sim[tail_image], text_ids, image_ids[tail_image], ks=(1,))
     t2i = metrics.retrieval_recall(sim[:, tail_text], text_ids[tail_text], image_ids, ks=(1,))
-    return {"tail_i2t_r1": i2t["i2t_r1"], "tail_t2i_r1": t2i["t2i_r1"],
-            "tail_images": int(tail_image.sum()), "tail_texts": int(tail_text.sum())}  # fmt: skip
+    return {
+        "tail_i2t_r1": i2t["i2t_r1"],
+        "tail_t2i_r1": t2i["t2i_r1"],
+        "tail_images": int(tail_image.sum()),
+        "tail_texts": int(tail_text.sum()),
+    }
 
 
 def concept_gini(matcher: ConceptMatcher, texts: list[str]) -> float:
@@ -89,15 +94,24 @@ def concept_gini(matcher: ConceptMatcher, texts: list[str]) -> float:
     return balance.gini(counts[counts > 0])
 
 
-COLUMNS = [("pairs", "pairs"), ("epochs", "epochs"), ("i2t_r1", "i2t R@1"),
-           ("t2i_r1", "t2i R@1"), ("cider", "CIDEr"), ("tail_i2t_r1", "tail i2t R@1"),
-           ("tail_t2i_r1", "tail t2i R@1"), ("gini", "concept Gini")]  # fmt: skip
+COLUMNS = [
+    ("pairs", "pairs"),
+    ("epochs", "epochs"),
+    ("i2t_r1", "i2t R@1"),
+    ("t2i_r1", "t2i R@1"),
+    ("cider", "CIDEr"),
+    ("tail_i2t_r1", "tail i2t R@1"),
+    ("tail_t2i_r1", "tail t2i R@1"),
+    ("gini", "concept Gini"),
+]
 
 
 def table(rows: list[dict]) -> str:
     """The ablation as a Markdown table, one row per variant ({"data": name, ...}) in order."""
-    lines = ["| data | " + " | ".join(label for _, label in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]  # fmt: skip
+    lines = [
+        "| data | " + " | ".join(label for _, label in COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
+    ]
     for row in rows:
         cells = [_cell(row.get(key)) for key, _ in COLUMNS]
         lines.append(f"| {row['data']} | " + " | ".join(cells) + " |")

@@ -87,8 +87,18 @@ def judged_texts(capfilt_run: Path, truth_parquet: Path) -> list[dict]:
         scene = truth[file]
         wrong = scene["is_noisy"] if source == "web" else not _true(text, scene["scene"])
         kind = scene["kind"] if source == "web" else f"synthetic {'wrong' if wrong else 'true'}"
-        judged.append({"file": file, "source": source, "kind": kind, "wrong": wrong,
-                       "kept": kept, "curated": curated, "itm": itm, "reason": reason})  # fmt: skip
+        judged.append(
+            {
+                "file": file,
+                "source": source,
+                "kind": kind,
+                "wrong": wrong,
+                "kept": kept,
+                "curated": curated,
+                "itm": itm,
+                "reason": reason,
+            }
+        )
     return judged
 
 
@@ -142,10 +152,15 @@ def summary_table(metrics: dict) -> str:
     """The demo's table: round 0 (raw web) vs each later round, and each CapFilt pass."""
     rounds = sorted(metrics["models"], key=lambda name: int(name[5:]))
     lines = ["model trained on       " + "".join(f"{r:>12}" for r in rounds)]
-    for key, label in [("i2t_r1", "i2t recall@1"), ("t2i_r1", "t2i recall@1"),
-                       ("i2t_r5", "i2t recall@5"), ("t2i_r5", "t2i recall@5"),
-                       ("cider", "CIDEr"), ("bleu4", "BLEU-4"),
-                       ("caption_true", "captions true (share)")]:  # fmt: skip
+    for key, label in [
+        ("i2t_r1", "i2t recall@1"),
+        ("t2i_r1", "t2i recall@1"),
+        ("i2t_r5", "i2t recall@5"),
+        ("t2i_r5", "t2i recall@5"),
+        ("cider", "CIDEr"),
+        ("bleu4", "BLEU-4"),
+        ("caption_true", "captions true (share)"),
+    ]:
         values = [metrics["models"][r].get(key) for r in rounds]
         lines.append(f"{label:<23}" + "".join(_cell(v) for v in values))
     for name, found in sorted(metrics["capfilt"].items()):

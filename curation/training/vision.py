@@ -52,8 +52,15 @@ def _fingerprint(cfg: TrainConfig, images: list[bytes], labels: list[list[str]])
     digest = hashlib.sha256()
     for data, names in zip(images, labels, strict=True):
         digest.update(hashlib.sha256(data or b"").digest() + "\0".join(names).encode() + b"\1")
-    settings = (cfg.size, cfg.seed, cfg.vision_batch_size, cfg.weight_decay, cfg.warmup,
-                cfg.vision_epochs, cfg.vision_lr)  # fmt: skip
+    settings = (
+        cfg.size,
+        cfg.seed,
+        cfg.vision_batch_size,
+        cfg.weight_decay,
+        cfg.warmup,
+        cfg.vision_epochs,
+        cfg.vision_lr,
+    )
     return hashlib.sha256(repr((settings, digest.hexdigest())).encode()).hexdigest()
 
 
@@ -108,8 +115,9 @@ def _train(vision, head, pixels, targets, cfg: TrainConfig, device) -> list[dict
     per_epoch = steps_per_epoch(len(pixels), cfg.vision_batch_size)
     total = per_epoch * cfg.vision_epochs
     generator = torch.Generator().manual_seed(cfg.seed)
-    order = torch.cat([torch.randperm(len(pixels), generator=generator)
-                       for _ in range(cfg.vision_epochs + 1)])  # fmt: skip
+    order = torch.cat(
+        [torch.randperm(len(pixels), generator=generator) for _ in range(cfg.vision_epochs + 1)]
+    )
     log, losses, tick = [], [], time.perf_counter()
     for step in range(total):
         index = order[step * cfg.vision_batch_size : (step + 1) * cfg.vision_batch_size]
@@ -166,17 +174,32 @@ def pretrain_vision(labelled: str | Path, out_dir: str | Path, cfg: TrainConfig 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         head = nn.Linear(vision.config.hidden_size, len(vocab)).to(device)
-    print(f"[vision] {int((~held).sum())} images, {len(vocab)} labels ({skipped} undecodable "
-          f"skipped) on {device}", file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"[vision] {int((~held).sum())} images, {len(vocab)} labels ({skipped} undecodable "
+        f"skipped) on {device}",
+        file=sys.stderr,
+        flush=True,
+    )
     started = time.perf_counter()
     steps = _train(vision, head, pixels[~held], targets[~held], cfg, device)
     seconds = time.perf_counter() - started
     scores = held_out_scores(vision, head, pixels[held].to(device), targets[held].to(device))
-    print(f"[vision] held out: label AUC {scores['label_auc']:.3f} (chance 0.5), micro-F1 "
-          f"{scores['micro_f1']:.3f}, exact label sets {scores['exact_match']:.3f}",
-          file=sys.stderr, flush=True)  # fmt: skip
-    log = {"fingerprint": fingerprint, "images": int((~held).sum()), "held_out": int(held.sum()),
-           "skipped": skipped, "labels": vocab, "held_out_scores": scores, "log": steps,
-           "seconds": seconds, "config": dataclasses.asdict(cfg)}  # fmt: skip
+    print(
+        f"[vision] held out: label AUC {scores['label_auc']:.3f} (chance 0.5), micro-F1 "
+        f"{scores['micro_f1']:.3f}, exact label sets {scores['exact_match']:.3f}",
+        file=sys.stderr,
+        flush=True,
+    )
+    log = {
+        "fingerprint": fingerprint,
+        "images": int((~held).sum()),
+        "held_out": int(held.sum()),
+        "skipped": skipped,
+        "labels": vocab,
+        "held_out_scores": scores,
+        "log": steps,
+        "seconds": seconds,
+        "config": dataclasses.asdict(cfg),
+    }
     _save(vision.cpu(), processor, log, out)
     return log
