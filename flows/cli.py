@@ -130,9 +130,10 @@ def cmd_train(args) -> int:
 
 def cmd_finetune(args) -> int:
     from curation.training import train
-    from curation.training.data import pairs_from_clean
+    from curation.training.data import check_captioned_set, pairs_from_clean
 
     cfg = config_mod.load(args.config)
+    check_captioned_set(args.clean, "clean set")
     train.finetune(pairs_from_clean(args.clean), args.init, args.out, cfg.train)
     print(f"wrote {args.out}/captioner, filter, scorer")
     return 0
@@ -155,9 +156,7 @@ def cmd_bootstrap(args) -> int:
     cfg = run_config(args)
     caption_col = args.caption_col or None
     urls.read_url_list(args.urls, args.url_col, caption_col)
-    for path in [args.clean, args.eval, args.truth, args.eval_truth, args.labelled]:
-        if path and not Path(path).is_file():
-            raise config_mod.ConfigError(f"file not found: {path}")
+    check_bootstrap_files(args)
     select.check_sources(cfg.select)  # a bad concept list or scorer: now, not after training
     if args.ablate:
         check_ablation(args, cfg)
@@ -186,6 +185,24 @@ def cmd_bootstrap(args) -> int:
         ablation = LoopDir(args.out).ablation_md
         print(f"\nablation ({ablation}):\n" + ablation.read_text())
     return 0
+
+
+def check_bootstrap_files(args) -> None:
+    """Every input file of `curate bootstrap` readable with the columns it needs, before any
+    work (a bad eval set must not surface after hours of training)."""
+    from curation.training.data import check_captioned_set, require_columns
+
+    check_captioned_set(args.clean, "clean set")
+    if args.eval:
+        check_captioned_set(args.eval, "eval set")
+    files = [
+        (args.labelled, "labelled set", ("image", "labels")),
+        (args.truth, "truth", ("file", "is_noisy", "scene")),
+        (args.eval_truth, "eval truth", ("image_id", "scene")),
+    ]
+    for path, role, columns in files:
+        if path:
+            require_columns(path, role, columns)
 
 
 def check_ablation(args, cfg: config_mod.RunConfig) -> None:

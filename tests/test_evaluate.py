@@ -1,6 +1,7 @@
 """Evaluation: grouping by image, caption truth, and a trained model that beats chance."""
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from curation.config import TrainConfig
@@ -10,6 +11,7 @@ from curation.training.data import pairs_from_clean
 from curation.world import synthetic
 from curation.world.drawing import encode_jpeg, render_scene
 from curation.world.scenes import Obj, Scene
+from flows import cli
 
 RED = Scene("white", (Obj("circle", "red", "large", "center"),))
 BLUE = Scene("black", (Obj("star", "blue", "small", "top left"),))
@@ -68,6 +70,56 @@ def test_evaluate_reports_every_metric_with_the_prompt_removed(tmp_path, tiny_mo
     assert (result["images"], result["texts"]) == (2, 3)
     captions = [s["caption"] for s in result["samples"]]
     assert len(captions) == 2 and not any(c.startswith("a picture of") for c in captions)
+
+
+def write_eval_without_ids(tmp_path, columns=("image", "caption")):
+    """The README's format at its smallest: one image with two captions, one with one."""
+    rows = {
+        "image": [jpeg(BLUE), jpeg(RED), jpeg(BLUE)],
+        "caption": ["a small blue star", "a red circle", "a blue star"],
+    }
+    pq.write_table(pa.table({c: rows[c] for c in columns}), tmp_path / "eval3.parquet")
+    return tmp_path / "eval3.parquet"
+
+
+def test_an_eval_set_without_image_id_groups_identical_images(tmp_path, tiny_models):
+    data = evaluate.load_eval_set(write_eval_without_ids(tmp_path))
+    assert data.image_ids == [0, 1] and data.images == [jpeg(BLUE), jpeg(RED)]
+    assert data.text_image_ids == [0, 1, 0]
+    result = evaluate.evaluate(
+        tiny_models[0].parent, tmp_path / "eval3.parquet", None, num_beams=2, max_new_tokens=4
+    )
+    assert (result["images"], result["texts"]) == (2, 3)
+
+
+@pytest.mark.parametrize("command", ["finetune", "bootstrap"])
+def test_a_set_without_captions_is_refused_before_any_work(tmp_path, capsys, command):
+    bad = write_eval_without_ids(tmp_path, columns=("image",))
+    out = tmp_path / "out"
+    argv = {
+        "finetune": ["finetune", "--clean", str(bad), "--init", str(tmp_path), "--out", str(out)],
+        "bootstrap": [
+            "bootstrap",
+            "--urls",
+            str(write_urls(tmp_path)),
+            "--clean",
+            str(bad),
+            "--out",
+            str(out),
+        ],
+    }[command]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"curate: error: clean set {bad} lacks column(s) caption (needs image, caption; has image)"
+    ]
+    assert not out.exists()
+
+
+def write_urls(tmp_path):
+    path = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:9/a.jpg"], "caption": ["a"]}), path)
+    return path
 
 
 # A tiny model on 81 pairs (30 images), 300 steps: ~10 s on one CPU core (measured: recall@1

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import torch
 from transformers import BlipProcessor
 
-from curation.config import CapFiltConfig, TrainConfig
+from curation.config import CapFiltConfig, ConfigError, TrainConfig
 from curation.models.blip import preprocess
 from curation.pipeline.images import decode_image
 from curation.rundir import RunDir
@@ -48,6 +48,34 @@ def pairs_from_raw(run_dir: str | Path) -> list[tuple[bytes, str]]:
         images, texts = table["image"].to_pylist(), table["web_text"].to_pylist()
         pairs += [(i, t) for i, t in zip(images, texts, strict=True) if t and t.strip()]
     return pairs
+
+
+def require_columns(path: str | Path, role: str, columns: tuple[str, ...]) -> list[str]:
+    """Check, before any work, that `path` is a Parquet file holding `columns`; returns all its
+    column names. `role` names the file in the message ("clean set", "eval set", ...).
+
+    Raises:
+        ConfigError: one line naming the file and what is wrong with it.
+    """
+    if not Path(path).is_file():
+        raise ConfigError(f"{role} not found: {path}")
+    try:
+        names = pq.read_schema(path).names
+    except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
+        raise ConfigError(f"{role} {path} is not a Parquet file: {err}") from None
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise ConfigError(
+            f"{role} {path} lacks column(s) {', '.join(missing)} "
+            f"(needs {', '.join(columns)}; has {', '.join(names) or 'none'})"
+        )
+    return names
+
+
+def check_captioned_set(path: str | Path, role: str) -> None:
+    """A clean or eval set: `image` (encoded bytes) and `caption`, several rows per image
+    allowed; `image_id` optional (rows with identical image bytes are one image)."""
+    require_columns(path, role, ("image", "caption"))
 
 
 def pairs_from_clean(clean_parquet: str | Path) -> list[tuple[bytes, str]]:

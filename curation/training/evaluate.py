@@ -39,6 +39,7 @@ from curation.models.blip import (
 )
 from curation.pipeline.images import decode_image
 from curation.training import metrics
+from curation.training.data import require_columns
 from curation.world.captions import caption_is_true
 from curation.world.scenes import Scene
 
@@ -63,12 +64,27 @@ class EvalSet:
 
 
 def load_eval_set(eval_parquet: str | Path) -> EvalSet:
-    """Read an eval table (image, caption, image_id; `synthetic.CLEAN`) grouped by image_id."""
-    table = pq.read_table(eval_parquet, columns=["image", "caption", "image_id"]).to_pydict()
+    """Read an eval table (`schema.CLEAN`: image, caption, optional image_id) grouped by image:
+    by `image_id` when the table has it, else rows with identical image bytes are one image
+    (ids 0, 1, ... in order of first appearance).
+
+    Raises:
+        ConfigError: the file is missing, not Parquet, or lacks `image` or `caption`.
+    """
+    names = require_columns(eval_parquet, "eval set", ("image", "caption"))
+    columns = ["image", "caption"] + (["image_id"] if "image_id" in names else [])
+    table = pq.read_table(eval_parquet, columns=columns).to_pydict()
+    ids = table.get("image_id") or ids_by_bytes(table["image"])
     first: dict[int, bytes] = {}
-    for image, image_id in zip(table["image"], table["image_id"], strict=True):
+    for image, image_id in zip(table["image"], ids, strict=True):
         first.setdefault(image_id, image)
-    return EvalSet(list(first), list(first.values()), table["caption"], table["image_id"])
+    return EvalSet(list(first), list(first.values()), table["caption"], ids)
+
+
+def ids_by_bytes(images: list[bytes]) -> list[int]:
+    """One id per distinct image (identical bytes), numbered in order of first appearance."""
+    ids: dict[bytes, int] = {}
+    return [ids.setdefault(image, len(ids)) for image in images]
 
 
 def eval_pixels(processor, images: list[bytes]) -> torch.Tensor:
