@@ -24,12 +24,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from memory_scaling import measured_run, prepare  # noqa: E402
 
+from curation.pipeline.steps import STEPS  # noqa: E402
+from curation.rundir import RunDir  # noqa: E402
 from curation.world import (
     synthetic,
     webserver,  # noqa: E402
 )
-
-STEPS = ("download", "capfilt", "annotate", "select")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,8 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def stage_table(run_dir: Path) -> list[tuple[str, int, float]]:
     """(stage, rows, summed shard seconds) from the completion markers."""
     rows = []
-    for step in STEPS:
-        markers = [json.loads(p.read_text()) for p in (run_dir / "_done" / step).glob("*.json")]
+    for step in [s.name for s in STEPS if s.per_shard]:
+        markers = [json.loads(p.read_text()) for p in RunDir(run_dir).markers(step)]
         count = sum(m.get("images", m["rows"]) for m in markers)  # CapFilt: images modelled
         rows.append((step, count, sum(m["seconds"] for m in markers)))
     return rows
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.close()
     run_dir = args.workdir / "work" / "run"
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = json.loads(RunDir(run_dir).manifest.read_text())
     counts = manifest["counts"]
     print(f"{'stage':<9} {'rows':>8} {'shard_s':>9} {'rows/s':>8}")
     for step, count, seconds in stage_table(run_dir):
