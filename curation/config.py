@@ -59,6 +59,10 @@ class CapFiltConfig:
     min_new_tokens: int = 5
     max_new_tokens: int = 30
     itm_threshold: float = 0.5  # BLIP's filter keeps texts with ITM probability >= 0.5
+    # Which kept text becomes the row's `caption`: "itm" (highest ITM probability) or
+    # "web_first" (the web text when it passed, else the best synthetic caption): a filter
+    # that prefers fluent synthetic text over true alt-text should not decide alone.
+    caption_choice: str = "itm"
     batch_size: int = 32  # images per model call
     num_workers: int = 1  # threads that decode and preprocess ahead of the models (0: inline)
     prefetch_batches: int = 4  # batches kept ready ahead of the models
@@ -71,6 +75,7 @@ class CapFiltConfig:
         return Sampling(**{name: getattr(self, name) for name in fields})
 
 
+CAPTION_CHOICES = ("itm", "web_first")  # [capfilt] caption_choice
 ORDERS = ("score_then_balance", "balance_then_score")  # [select] order
 
 
@@ -213,6 +218,7 @@ def validate(config: RunConfig) -> None:
         (c.num_captions >= 0, "[capfilt] num_captions must be >= 0"),
         (0.0 < c.top_p <= 1.0, "[capfilt] top_p must be in (0, 1]"),
         (0.0 <= c.itm_threshold <= 1.0, "[capfilt] itm_threshold must be in [0, 1]"),
+        (c.caption_choice in CAPTION_CHOICES, "[capfilt] caption_choice must be itm or web_first"),
         (c.batch_size >= 1, "[capfilt] batch_size must be >= 1"),
         (c.num_workers >= 0, "[capfilt] num_workers must be >= 0"),
         (c.min_new_tokens <= c.max_new_tokens, "[capfilt] min_new_tokens > max_new_tokens"),

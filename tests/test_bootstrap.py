@@ -9,13 +9,17 @@ import json
 import signal
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli_until
 from test_train import all_weights
 
 from curation.training import ablate
+from curation.training import bootstrap as loop
 from curation.world import synthetic
+from curation.world.captions import caption_is_true
+from curation.world.scenes import Scene
 from curation.world.webserver import Server, routes_from_dir
 from flows import cli, demo
 
@@ -121,6 +125,31 @@ def test_bootstrap_writes_a_complete_metrics_file(world_loop):
         log = json.loads((out / model / "train_log.json").read_text())
         assert log["config"]["vision_init"] == str(out / "vision")
     assert (out / "vision" / "model.safetensors").is_file()
+
+
+def test_chosen_caption_noise_is_judged_by_the_worlds_truth(world_loop):
+    root, _, out = world_loop
+    found = json.loads((out / "metrics.json").read_text())["capfilt"]["round1"]
+    truth = pq.read_table(root / "world" / "truth.parquet").to_pylist()
+    truth = {row["file"]: row for row in truth}
+    shards = sorted((out / "round1" / "capfilt" / "shards").glob("*.parquet"))
+    wrong = []
+    for row in pa.concat_tables(pq.read_table(p) for p in shards).to_pylist():
+        scene = truth["/".join(row["url"].rsplit("/", 2)[-2:])]
+        if row["caption_source"] == "web":
+            wrong.append(scene["is_noisy"])
+        else:
+            wrong.append(not caption_is_true(row["caption"], Scene.from_json(scene["scene"])))
+    assert found["curated_images"] == len(wrong) > 0
+    assert found["chosen_noise_pct"] == pytest.approx(100 * sum(wrong) / len(wrong), abs=0.01)
+
+
+def test_the_verdict_says_in_plain_words_whether_curation_cleaned():
+    web = {"raw_noise_pct": 40.0, "clean_web_kept_pct": 90.0}
+    cleaner = loop.verdict({**web, "chosen_noise_pct": 20.0, "curated_noise_pct": 30.0})
+    assert "data is cleaner" in cleaner and "20% of chosen captions" in cleaner
+    assert "NOT cleaner" in loop.verdict({**web, "chosen_noise_pct": 21.0, "curated_noise_pct": 3})
+    assert "NOT cleaner" in loop.verdict({**web, "chosen_noise_pct": 9.0, "curated_noise_pct": 40})
 
 
 def without_timings(metrics_file: Path) -> dict:

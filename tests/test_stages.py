@@ -77,6 +77,20 @@ def test_judge_keeps_texts_at_threshold_and_picks_best():
     assert [c["kept"] for c in cands] == [True, True, False] and best["text"] == "s"
 
 
+def test_caption_choice_web_first_prefers_a_kept_web_text():
+    def cands(web_itm):
+        return [
+            {"text": "w", "source": "web", "itm": web_itm},
+            {"text": "s", "source": "synthetic", "itm": 0.9},
+            {"text": "t", "source": "synthetic", "itm": 0.7},
+        ]
+
+    assert capfilt.judge(cands(0.6), 0.5, "itm")[1]["text"] == "s"
+    assert capfilt.judge(cands(0.6), 0.5, "web_first")[1]["text"] == "w"
+    kept, best = capfilt.judge(cands(0.4), 0.5, "web_first")  # web text dropped: best synthetic
+    assert best["text"] == "s" and [c["kept"] for c in kept] == [False, True, True]
+
+
 def test_judge_no_matching_text():
     cands, best = capfilt.judge([{"text": "w", "source": "web", "itm": 0.49}], threshold=0.5)
     assert best is None and cands[0]["kept"] is False
@@ -128,6 +142,8 @@ def test_config_errors_name_the_problem(tmp_path):
     with pytest.raises(config.ConfigError, match="itm_threshold must be in"):
         config.from_dict({"capfilt": {"itm_threshold": 2}})
     assert config.from_dict({"capfilt": {"itm_threshold": 1}}).capfilt.itm_threshold == 1.0
+    with pytest.raises(config.ConfigError, match="caption_choice must be itm or web_first"):
+        config.from_dict({"capfilt": {"caption_choice": "longest"}})
 
 
 def test_default_preset_documents_every_default():

@@ -94,14 +94,20 @@ def candidate_texts(web_text: str | None, captions: list[str]) -> list[tuple[str
     return web + [(c, "synthetic") for c in captions]
 
 
-def judge(candidates: list[dict], threshold: float) -> tuple[list[dict], dict | None]:
-    """Mark each candidate kept or not; return them and the chosen caption (best ITM) or None.
+def judge(
+    candidates: list[dict], threshold: float, choice: str = "itm"
+) -> tuple[list[dict], dict | None]:
+    """Mark each candidate kept or not; return them and the chosen caption, or None when none
+    was kept. `choice` (`[capfilt] caption_choice`): "itm" takes the best ITM probability;
+    "web_first" takes the web text when it was kept, else the best synthetic caption.
 
     A stage in the sense of docs/architecture.md (style rule 2): no I/O, a decision per row.
     """
     for c in candidates:
         c["kept"] = c["itm"] >= threshold
     kept = [c for c in candidates if c["kept"]]
+    if choice == "web_first" and any(c["source"] == "web" for c in kept):
+        kept = [c for c in kept if c["source"] == "web"]
     # Ties go to the web text: it came with the image, a synthetic caption did not.
     best = max(kept, key=lambda c: (c["itm"], c["source"] == "web"), default=None)
     return candidates, best
@@ -194,7 +200,7 @@ def capfilt_shard(
             result.model_seconds += time.perf_counter() - t0
             result.images += len(picked)
             for row, cands, size in zip(picked, scored, batch.sizes, strict=True):
-                cands, best = judge(cands, cfg.itm_threshold)
+                cands, best = judge(cands, cfg.itm_threshold, cfg.caption_choice)
                 if best is None:
                     detail = f"no text reached ITM {cfg.itm_threshold} of {len(cands)} scored"
                     result.rejects.append(

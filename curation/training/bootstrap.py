@@ -106,9 +106,10 @@ def truth_metrics(web_run: Path, capfilt_run: Path, truth_parquet: Path) -> dict
     """What the synthetic world's stored truth says about a CapFilt pass.
 
     noise rate: share of texts wrong for their image, in the raw web (downloaded images with
-    alt-text) and among the kept texts of the curated output (web and synthetic); share of
-    clean web pairs kept; the filter's precision and recall as a detector of noisy web texts;
-    and the share of synthetic captions fully true of their scene.
+    alt-text), among the chosen captions of the curated images (what an export trains on) and
+    among all kept texts of the curated output (web and synthetic: what the next round trains
+    on); share of clean web pairs kept; the filter's precision and recall as a detector of
+    noisy web texts; and the share of synthetic captions fully true of their scene.
     """
     truth = _truth_by_url(truth_parquet)
     raw = sql.connect(web_run).execute(sql.load("bootstrap_raw_texts")).fetchall()
@@ -117,13 +118,42 @@ def truth_metrics(web_run: Path, capfilt_run: Path, truth_parquet: Path) -> dict
     web = {t["file"]: t["kept"] for t in texts if t["source"] == "web"}
     kept_texts = [t["wrong"] for t in texts if t["kept"] and t["curated"]]
     synthetic_true = [not t["wrong"] for t in texts if t["source"] == "synthetic"]
+    chosen = _chosen_wrong(capfilt_run, truth)
     return {
         "raw_noise_pct": pct(sum(raw_noisy), len(raw_noisy)),
+        "chosen_noise_pct": pct(sum(chosen), len(chosen)),
+        "curated_images": len(chosen),
         "curated_noise_pct": pct(sum(kept_texts), len(kept_texts)),
         "curated_texts": len(kept_texts),
         **_web_filter_scores(truth, web, [_file_of(url) for url, _ in raw]),
         "synthetic_true_pct": pct(sum(synthetic_true), len(synthetic_true)),
     }
+
+
+def _chosen_wrong(capfilt_run: Path, truth: dict) -> list[bool]:
+    """Per curated image, whether its chosen caption is false of the image."""
+    rows = sql.connect(capfilt_run).execute(sql.load("bootstrap_chosen_captions")).fetchall()
+    wrong = []
+    for url, caption, source in rows:
+        scene = truth[_file_of(url)]
+        wrong.append(scene["is_noisy"] if source == "web" else not _true(caption, scene["scene"]))
+    return wrong
+
+
+def verdict(found: dict) -> str:
+    """One line in plain words: did this CapFilt pass make the data cleaner than the web?"""
+    raw, chosen, kept = (
+        found.get(k) for k in ("raw_noise_pct", "chosen_noise_pct", "curated_noise_pct")
+    )
+    if None in (raw, chosen, kept):
+        return "verdict: no curated text to judge"
+    cleaner = chosen <= raw / 2 and kept < raw
+    return (
+        f"verdict: the curated data is {'' if cleaner else 'NOT '}cleaner than the raw web: "
+        f"{chosen:.0f}% of chosen captions and {kept:.0f}% of kept texts are wrong against "
+        f"{raw:.0f}% of web texts (goal: chosen at most half), "
+        f"{found.get('clean_web_kept_pct') or 0:.0f}% of the clean web pairs kept"
+    )
 
 
 def _true(text: str, scene_json: str) -> bool:
@@ -166,6 +196,8 @@ def summary_table(metrics: dict) -> str:
     for name, found in sorted(metrics["capfilt"].items()):
         lines.append(f"\nCapFilt pass {name}")
         lines += [f"  {key:<28}{_cell(value).strip()}" for key, value in found.items()]
+        if "raw_noise_pct" in found:
+            lines.append(f"  {verdict(found)}")
     return "\n".join(lines)
 
 
