@@ -136,6 +136,10 @@ class TrainConfig:
     warmup: int = 30  # linear warm-up steps, then cosine decay to 0 (BLIP: warm-up + cosine)
     label_smoothing: float = 0.1  # LM cross-entropy label smoothing (BLIP: 0.1)
     itm_hard_negatives: bool = False  # ITM negatives drawn by ITC similarity (BLIP) vs uniform
+    # One more ITM negative per pair, made from its own text (NegCLIP, arXiv 2210.01936): two
+    # content words swapped or one replaced by another word of the texts, so the filter learns
+    # which attribute goes with which object, not only the topic.
+    compositional_negatives: bool = False
     temperature: float = 0.07  # ITC temperature at the start, then learnt (BLIP: init 0.07)
     finetune_epochs: int = 15  # passes over the clean set in fine-tuning (BLIP COCO: 5-6)
     finetune_lr: float = 5e-4  # AdamW peak lr in fine-tuning (BLIP: 1e-5 on ViT-B)

@@ -1,6 +1,8 @@
 """BLIP training: the pair readers, each objective, exact resume, and outputs that load."""
 
 import math
+import random
+from dataclasses import replace
 
 import pyarrow as pa
 import pytest
@@ -17,14 +19,16 @@ from curation.training import train
 from curation.training.checkpoints import TrainDirError
 from curation.training.data import (
     PairData,
+    compositional_negative,
     make_batch,
+    negatives_for,
     pairs_from_clean,
     pairs_from_curated,
     pairs_from_raw,
     prepare_pairs,
     tokenize_pairs,
 )
-from curation.training.losses import OBJECTIVES, itc_loss, sample_negatives
+from curation.training.losses import OBJECTIVES, itc_loss, itm_loss, sample_negatives
 from curation.training.modeling import build_models
 from curation.training.schedule import batch_indices, lr_at
 from curation.world import synthetic
@@ -139,6 +143,43 @@ def test_tokenize_pairs_scores_the_caption_not_the_prompt():
     scored = tokens.lm_labels[0][tokens.lm_labels[0] != -100]
     assert tokenizer.decode(scored) == "a red circle [SEP]"
     assert tokens.ids[0, 0] == tokenizer.cls_token_id  # encoders read [CLS] text [SEP]
+
+
+def test_a_compositional_negative_changes_words_not_the_function_words():
+    rng = random.Random(0)
+    vocabulary = ["blue", "circle", "red", "star", "green"]
+    made = [
+        compositional_negative("a red circle and a blue star", vocabulary, rng) for _ in range(40)
+    ]
+    assert all(m and m != "a red circle and a blue star" for m in made)
+    assert all([m.split()[i] for i in (0, 3, 4)] == ["a", "and", "a"] for m in made)
+    swapped = [
+        m for m in made if sorted(m.split()) == sorted("a red circle and a blue star".split())
+    ]
+    assert 0 < len(swapped) < len(made)  # both kinds occur: swaps and replacements
+    assert compositional_negative("a the of", vocabulary, rng) is None
+    assert negatives_for(["a red circle", "of the"], seed=1) == negatives_for(
+        ["a red circle", "of the"], seed=1
+    )
+    assert negatives_for(["of the"], seed=1) == ["of the"]  # no negative: marked invalid later
+
+
+def test_compositional_negatives_reach_the_itm_loss(clean_pairs):
+    cfg = TrainConfig(size="tiny", compositional_negatives=True)
+    captioner, filt, processor = build_models(cfg)
+    data = prepare_pairs(clean_pairs[:8], processor)
+    index = torch.arange(8)
+    losses = []
+    for on in (False, True):
+        tokens = tokenize_pairs(
+            data.texts, processor.tokenizer, replace(cfg, compositional_negatives=on)
+        )
+        batch = make_batch(data.pixels, data, tokens, index, "cpu")
+        assert (batch.neg_ids is not None) == on
+        embeds = filt.vision_model(pixel_values=batch.pixels).last_hidden_state
+        negs = (torch.roll(index, 1), torch.roll(index, 1))
+        losses.append(itm_loss(filt, embeds, batch, *negs).item())
+    assert batch.neg_valid.all() and losses[0] != losses[1]
 
 
 # --------------------------------------------------------------------------- objectives

@@ -2,6 +2,7 @@
 and tokenized once, and sliced into batches; the pairs' digest that a resume checks."""
 
 import hashlib
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,39 @@ def prepare_pairs(pairs: Iterable[tuple[bytes, str]], processor: BlipProcessor) 
     return PairData(pixels, image_index, text_index, texts, skipped, pairs_digest(pairs))
 
 
+# Function words are left in place: swapping "a" and "of" says nothing about the image.
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at to and or with without for from by is are this that its it".split()
+)
+
+
+def compositional_negative(text: str, vocabulary: list[str], rng: random.Random) -> str | None:
+    """A text that reads like `text` but no longer describes its image (NegCLIP, Yuksekgonul et
+    al. 2023, arXiv 2210.01936): two different content words swapped, or one content word
+    replaced by another word of `vocabulary`. Whitespace words; None when `text` has no
+    content word to change."""
+    words = text.split()
+    content = [i for i, w in enumerate(words) if w.lower() not in FUNCTION_WORDS]
+    swappable = [(i, j) for i in content for j in content if i < j and words[i] != words[j]]
+    if swappable and rng.random() < 0.5:
+        i, j = rng.choice(swappable)
+        words[i], words[j] = words[j], words[i]
+        return " ".join(words)
+    others = [w for w in vocabulary if w not in words]
+    if not content or not others:
+        return None
+    words[rng.choice(content)] = rng.choice(others)
+    return " ".join(words)
+
+
+def negatives_for(texts: list[str], seed: int) -> list[str]:
+    """One compositional negative per text (the text itself, masked out later, when none can
+    be made); the same texts and seed give the same negatives."""
+    rng = random.Random(seed)
+    vocabulary = sorted({w for t in texts for w in t.split() if w.lower() not in FUNCTION_WORDS})
+    return [compositional_negative(t, vocabulary, rng) or t for t in texts]
+
+
 @dataclass
 class Tokens:
     """The pairs' texts tokenized once, for the encoders and (with the prompt) the decoder."""
@@ -136,6 +170,9 @@ class Tokens:
     lm_ids: torch.Tensor  # (N, L') [DEC] prompt text [SEP] [PAD]...
     lm_mask: torch.Tensor  # (N, L')
     lm_labels: torch.Tensor  # (N, L') lm_ids with prompt and padding set to -100 (not scored)
+    neg_ids: torch.Tensor | None = None  # (N, L'') compositional negatives, when asked for
+    neg_mask: torch.Tensor | None = None
+    neg_valid: torch.Tensor | None = None  # (N,) bool: the negative differs from the text
 
 
 def tokenize_pairs(texts: list[str], tokenizer, cfg: TrainConfig) -> Tokens:
@@ -159,7 +196,12 @@ def tokenize_pairs(texts: list[str], tokenizer, cfg: TrainConfig) -> Tokens:
     lm_ids[:, 0] = tokenizer.bos_token_id  # [CLS] -> [DEC]
     labels = lm_ids.masked_fill(lm_mask == 0, -100)
     labels[:, :prompt_length] = -100
-    return Tokens(ids, mask, lm_ids, lm_mask, labels)
+    if not cfg.compositional_negatives:
+        return Tokens(ids, mask, lm_ids, lm_mask, labels)
+    negatives = negatives_for(texts, cfg.seed)
+    neg_ids, neg_mask = encode(negatives)
+    valid = torch.tensor([n != t for n, t in zip(negatives, texts, strict=True)], dtype=torch.bool)
+    return Tokens(ids, mask, lm_ids, lm_mask, labels, neg_ids, neg_mask, valid)
 
 
 @dataclass
@@ -171,6 +213,9 @@ class Batch:
     lm_ids: torch.Tensor  # (B, L')
     lm_mask: torch.Tensor  # (B, L')
     lm_labels: torch.Tensor  # (B, L')
+    neg_ids: torch.Tensor | None = None  # (B, L'') compositional negatives (Tokens.neg_ids)
+    neg_mask: torch.Tensor | None = None
+    neg_valid: torch.Tensor | None = None  # (B,) bool
 
 
 def make_batch(pixels: torch.Tensor, data: PairData, tokens: Tokens, index, device) -> Batch:
@@ -185,7 +230,11 @@ def make_batch(pixels: torch.Tensor, data: PairData, tokens: Tokens, index, devi
     ids, mask = trim(tokens.ids, tokens.mask)
     lm_ids, lm_mask, lm_labels = trim(tokens.lm_ids, tokens.lm_mask, tokens.lm_labels)
     images = pixels[image_of.to(pixels.device)].to(device)
-    return Batch(images, positive.to(device), ids, mask, lm_ids, lm_mask, lm_labels)
+    batch = Batch(images, positive.to(device), ids, mask, lm_ids, lm_mask, lm_labels)
+    if tokens.neg_ids is not None:
+        batch.neg_ids, batch.neg_mask = trim(tokens.neg_ids, tokens.neg_mask)
+        batch.neg_valid = tokens.neg_valid[index].to(device)
+    return batch
 
 
 def pairs_digest(pairs: list[tuple[bytes, str]]) -> str:

@@ -62,7 +62,8 @@ def itm_loss(
     neg_text: torch.Tensor,
     neg_image: torch.Tensor,
 ) -> torch.Tensor:
-    """Match / no-match cross-entropy over B positives and 2B hard negatives (sec. 3.2, ITM)."""
+    """Match / no-match cross-entropy over B positives and 2B hard negatives (sec. 3.2, ITM),
+    plus up to B compositional negatives when the batch carries them."""
     b = len(batch.ids)
     embeds = torch.cat([image_embeds, image_embeds, image_embeds[neg_image]])  # (3B, 1+P, Dv)
     ids = torch.cat([batch.ids, batch.ids[neg_text], batch.ids])  # (3B, L)
@@ -71,8 +72,22 @@ def itm_loss(
         input_ids=ids, attention_mask=mask, encoder_hidden_states=embeds
     ).last_hidden_state  # (3B, L, Dt): text cross-attending to the image
     logits = filt.itm_head(hidden[:, 0, :])  # (3B, 2): [no match, match]
-    labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
+    if batch.neg_ids is not None:  # + each image with its own text made false (NegCLIP)
+        logits = torch.cat([logits, _compositional_logits(filt, image_embeds, batch)])
+    labels = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+    labels[:b] = 1
     return F.cross_entropy(logits.float(), labels)
+
+
+def _compositional_logits(filt, image_embeds: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """ITM logits of each image with its compositional negative, where one could be made."""
+    keep = batch.neg_valid  # (B,)
+    hidden = filt.text_encoder(
+        input_ids=batch.neg_ids[keep],
+        attention_mask=batch.neg_mask[keep],
+        encoder_hidden_states=image_embeds[keep],
+    ).last_hidden_state  # (B', L'', Dt)
+    return filt.itm_head(hidden[:, 0, :])  # (B', 2)
 
 
 def lm_loss(
