@@ -1,16 +1,21 @@
-"""What the ITM threshold trades on the synthetic world: curated noise vs clean web pairs kept.
+"""What the ITM threshold and the caption choice trade on the synthetic world: curated noise vs
+clean web pairs kept.
 
 Reads a finished bootstrap RUN_DIR (e.g. the demo's) and re-applies CapFilt's keep rule (ITM
-probability >= threshold) to the texts its round-R pass scored, judging every text by the
-world's stored truth (`curation.training.bootstrap.judged_texts`); no model runs. Images the pass
-rejected for reasons other than the filter (a later selection stage, say) are left out.
+probability >= threshold) and its choice of caption (`capfilt.judge`, each `[capfilt]
+caption_choice`) to the texts its round-R pass scored, judging every text by the world's stored
+truth (`curation.training.bootstrap.judged_texts`); no model runs. Images the pass rejected for
+reasons other than the filter (a later selection stage, say) are left out.
 
     .venv/bin/python bench/filter_threshold.py demo_run/run demo_run/world/truth.parquet
 """
 
 import argparse
+from collections import defaultdict
 from pathlib import Path
 
+from curation.config import CAPTION_CHOICES
+from curation.pipeline.capfilt import judge
 from curation.rundir import LoopDir
 from curation.training import bootstrap as loop
 
@@ -34,7 +39,19 @@ def at_threshold(judged: list[dict], threshold: float) -> dict:
         "curated noise %": loop.pct(sum(t["wrong"] for t in kept), len(kept)),
         "kept web noise %": loop.pct(sum(t["wrong"] for t in kept_web), len(kept_web)),
         "clean web kept %": loop.pct(sum(p >= threshold for p in clean_web), len(clean_web)),
+        **{f"chosen noise % ({c})": chosen_noise(judged, threshold, c) for c in CAPTION_CHOICES},
     }
+
+
+def chosen_noise(judged: list[dict], threshold: float, choice: str) -> float | None:
+    """Share of curated images whose chosen caption is wrong, had the pass used `threshold`
+    and `choice`."""
+    by_image = defaultdict(list)
+    for text in judged:
+        by_image[text["file"]].append(dict(text))
+    chosen = [judge(texts, threshold, choice)[1] for texts in by_image.values()]
+    wrong = [best["wrong"] for best in chosen if best is not None]
+    return loop.pct(sum(wrong), len(wrong))
 
 
 def main() -> None:

@@ -206,6 +206,7 @@ def test_threshold_sweep_agrees_with_the_run_and_keeps_less_as_it_rises(world_lo
     rows = [sweep.at_threshold(judged, t) for t in (0.0, 0.5, 1.01)]
     found = json.loads((out / "metrics.json").read_text())["capfilt"]["round1"]
     assert rows[0]["curated noise %"] == found["curated_noise_pct"]  # the run's threshold is 0
+    assert rows[0]["chosen noise % (itm)"] == found["chosen_noise_pct"]  # and its choice itm
     assert rows[0]["kept texts"] == found["curated_texts"] >= rows[1]["kept texts"]
     assert rows[2]["kept texts"] == 0 and rows[2]["clean web kept %"] == 0.0
 
