@@ -147,9 +147,11 @@ def test_chosen_caption_noise_is_judged_by_the_worlds_truth(world_loop):
 def test_the_verdict_says_in_plain_words_whether_curation_cleaned():
     web = {"raw_noise_pct": 40.0, "clean_web_kept_pct": 90.0}
     cleaner = loop.verdict({**web, "chosen_noise_pct": 20.0, "curated_noise_pct": 30.0})
-    assert "data is cleaner" in cleaner and "20% of chosen captions" in cleaner
-    assert "NOT cleaner" in loop.verdict({**web, "chosen_noise_pct": 21.0, "curated_noise_pct": 3})
+    assert "is much cleaner than" in cleaner and "20% of chosen captions" in cleaner
+    some = loop.verdict({**web, "chosen_noise_pct": 21.0, "curated_noise_pct": 3})
+    assert "cleaner, but not half as noisy" in some
     assert "NOT cleaner" in loop.verdict({**web, "chosen_noise_pct": 9.0, "curated_noise_pct": 40})
+    assert "NOT cleaner" in loop.verdict({**web, "chosen_noise_pct": 41.0, "curated_noise_pct": 9})
 
 
 def without_timings(metrics_file: Path) -> dict:

@@ -141,17 +141,21 @@ def _chosen_wrong(capfilt_run: Path, truth: dict) -> list[bool]:
 
 
 def verdict(found: dict) -> str:
-    """One line in plain words: did this CapFilt pass make the data cleaner than the web?"""
-    raw, chosen, kept = (
-        found.get(k) for k in ("raw_noise_pct", "chosen_noise_pct", "curated_noise_pct")
-    )
+    """One line in plain words: did this CapFilt pass make the data cleaner than the web? The
+    goal: chosen captions at most half as noisy as the web's texts, kept texts less noisy."""
+    keys = ("raw_noise_pct", "chosen_noise_pct", "curated_noise_pct")
+    raw, chosen, kept = (found.get(k) for k in keys)
     if None in (raw, chosen, kept):
         return "verdict: no curated text to judge"
-    cleaner = chosen <= raw / 2 and kept < raw
+    if chosen <= raw / 2 and kept < raw:
+        word = "much cleaner than"
+    elif chosen < raw and kept < raw:
+        word = "cleaner, but not half as noisy as,"
+    else:
+        word = "NOT cleaner than"
     return (
-        f"verdict: the curated data is {'' if cleaner else 'NOT '}cleaner than the raw web: "
-        f"{chosen:.0f}% of chosen captions and {kept:.0f}% of kept texts are wrong against "
-        f"{raw:.0f}% of web texts (goal: chosen at most half), "
+        f"verdict: the curated data is {word} the raw web: {chosen:.0f}% of chosen captions and "
+        f"{kept:.0f}% of kept texts are wrong against {raw:.0f}% of web texts; "
         f"{found.get('clean_web_kept_pct') or 0:.0f}% of the clean web pairs kept"
     )
 
