@@ -49,6 +49,14 @@ def run_cli_until(argv: list[str], condition) -> int:
     return child.wait()
 
 
+def run_argv(root: Path, out: Path, tiny_models) -> list[str]:
+    """`curate run` of ROOT/urls.parquet with ROOT/cfg.toml and the tiny models into OUT."""
+    captioner, filt = tiny_models
+    inputs = ["--urls", str(root / "urls.parquet"), "--config", str(root / "cfg.toml")]
+    models = ["--captioner", str(captioner), "--filter", str(filt)]
+    return ["run", *inputs, "--out", str(out), *models, "--allow-private-network"]
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on: connecting to it is refused."""
     with socket.socket() as s:
@@ -109,20 +117,6 @@ def hostile_run(tmp_path_factory, web, tiny_models, prefect_harness):
         f"[download]\ntimeout = {hostile_corpus.TIMEOUT}\nmax_bytes = {hostile_corpus.MAX_BYTES}\n"
         '[select]\nmetadata = ""\n'
     )
-    captioner, filt = tiny_models
-    argv = [
-        "run",
-        "--urls",
-        str(root / "urls.parquet"),
-        "--out",
-        str(root / "run"),
-        "--config",
-        str(root / "cfg.toml"),
-        "--captioner",
-        str(captioner),
-        "--filter",
-        str(filt),
-        "--allow-private-network",
-    ]
+    argv = run_argv(root, root / "run", tiny_models)
     assert cli.main(argv) == 0
     return root / "run", rows, [c.expected for c in hostile_corpus.WEB], argv

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_cli_until
+from conftest import run_argv, run_cli_until
 
 from curation.world import synthetic
 from curation.world.webserver import Server, routes_from_dir
@@ -61,23 +61,9 @@ def world_run(tmp_path_factory, tiny_models, prefect_harness):
     server = Server(routes_from_dir(world.images, prefix="/images"))
     pq.write_table(synthetic.url_list(world.root, server.base_url), root / "urls.parquet")
     (root / "cfg.toml").write_text(CONFIG.format(metadata=world.concepts))
-    captioner, filt = tiny_models
 
     def argv(out: Path) -> list[str]:
-        return [
-            "run",
-            "--urls",
-            str(root / "urls.parquet"),
-            "--out",
-            str(out),
-            "--config",
-            str(root / "cfg.toml"),
-            "--captioner",
-            str(captioner),
-            "--filter",
-            str(filt),
-            "--allow-private-network",
-        ]
+        return run_argv(root, out, tiny_models)
 
     yield root, argv
     server.close()

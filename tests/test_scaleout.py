@@ -6,6 +6,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_argv
 from PIL import Image
 
 from curation.world.webserver import Routes, Server
@@ -63,21 +64,8 @@ def two_runs(tmp_path_factory, tiny_models, prefect_harness):
         rows = [{"url": web.base_url + path, "caption": f"picture {path[1:]}"} for path in PATHS]
         pq.write_table(pa.Table.from_pylist(rows), root / "urls.parquet")
         (root / "cfg.toml").write_text(CONFIG)
-        captioner, filt = tiny_models
-        argv = [
-            "run",
-            "--urls",
-            str(root / "urls.parquet"),
-            "--config",
-            str(root / "cfg.toml"),
-            "--captioner",
-            str(captioner),
-            "--filter",
-            str(filt),
-            "--allow-private-network",
-        ]
-        assert cli.main([*argv, "--out", str(root / "single")]) == 0
-        assert cli.main([*argv, "--out", str(root / "dask"), "--workers", "2"]) == 0
+        assert cli.main(run_argv(root, root / "single", tiny_models)) == 0
+        assert cli.main([*run_argv(root, root / "dask", tiny_models), "--workers", "2"]) == 0
     finally:
         web.close()
     return root / "single", root / "dask"
