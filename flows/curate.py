@@ -45,7 +45,7 @@ def _task(step: Step):
     def run_global(run_dir: str, config: dict) -> dict:
         return step.run(RunDir(run_dir), from_dict(config))
 
-    name = f"{step.name}-{{shard:05d}}" if step.per_shard else f"{step.name}-selection"
+    name = f"{step.name}-{{shard:05d}}" if step.per_shard else step.name
     fn = run_one if step.per_shard else run_global
     return task(fn, name=step.name, cache_policy=NO_CACHE, retries=step.retries, task_run_name=name)
 
@@ -56,17 +56,17 @@ TASKS = {step.name: _task(step) for step in STEPS}
 def _shards_here(out: str, shards: list[int], config: dict, progress: Progress) -> None:
     """I/O-bound steps (downloads) run ahead on the thread pool; the model steps run in this
     thread, shard after shard, on models loaded once."""
-    ahead = [step for step in BEFORE_PLAN if step.io_bound]
-    futures = {
-        step.name: [TASKS[step.name].submit(out, s, config) for s in shards] for step in ahead
+    ahead = {
+        step.name: [TASKS[step.name].submit(out, s, config) for s in shards]
+        for step in BEFORE_PLAN
+        if step.io_bound
     }
     for i, shard in enumerate(shards):
         for step in BEFORE_PLAN:
-            summary = (
-                futures[step.name][i].result()
-                if step.io_bound
-                else TASKS[step.name](out, shard, config)
-            )
+            if step.io_bound:
+                summary = ahead[step.name][i].result()
+            else:
+                summary = TASKS[step.name](out, shard, config)
             progress.step_done(step.name, shard, summary)
 
 

@@ -85,7 +85,7 @@ def judged_texts(capfilt_run: Path, truth_parquet: Path) -> list[dict]:
     for url, source, text, kept, curated, itm, reason in rows:
         file = _file_of(url)
         scene = truth[file]
-        wrong = scene["is_noisy"] if source == "web" else not _true(text, scene["scene"])
+        wrong = _is_wrong(source, text, scene)
         kind = scene["kind"] if source == "web" else f"synthetic {'wrong' if wrong else 'true'}"
         judged.append(
             {
@@ -136,7 +136,7 @@ def _chosen_wrong(capfilt_run: Path, truth: dict) -> list[bool]:
     wrong = []
     for url, caption, source in rows:
         scene = truth[_file_of(url)]
-        wrong.append(scene["is_noisy"] if source == "web" else not _true(caption, scene["scene"]))
+        wrong.append(_is_wrong(source, caption, scene))
     return wrong
 
 
@@ -160,8 +160,12 @@ def verdict(found: dict) -> str:
     )
 
 
-def _true(text: str, scene_json: str) -> bool:
-    return caption_is_true(text, Scene.from_json(scene_json))
+def _is_wrong(source: str, text: str, truth_row: dict) -> bool:
+    """A web text is wrong when the world made it noisy; a synthetic one when it is false of
+    the scene (`captions.caption_is_true`)."""
+    if source == "web":
+        return truth_row["is_noisy"]
+    return not caption_is_true(text, Scene.from_json(truth_row["scene"]))
 
 
 def _web_filter_scores(truth: dict, web_kept: dict, downloaded: list[str]) -> dict:
