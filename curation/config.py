@@ -140,6 +140,10 @@ class TrainConfig:
     # content words swapped or one replaced by another word of the texts, so the filter learns
     # which attribute goes with which object, not only the topic.
     compositional_negatives: bool = False
+    # `curate bootstrap`: withhold a round's synthetic captions (CapFilt again with K = 0) when
+    # the filter passes them less than this many times as often as the web's alt-text: a
+    # captioner whose captions fare worse than raw alt-text adds noise, not clean text. 0 = off.
+    synthetic_gate: float = 0.0
     temperature: float = 0.07  # ITC temperature at the start, then learnt (BLIP: init 0.07)
     finetune_epochs: int = 15  # passes over the clean set in fine-tuning (BLIP COCO: 5-6)
     finetune_lr: float = 5e-4  # AdamW peak lr in fine-tuning (BLIP: 1e-5 on ViT-B)
@@ -227,6 +231,7 @@ def validate(config: RunConfig) -> None:
         (c.num_workers >= 0, "[capfilt] num_workers must be >= 0"),
         (c.min_new_tokens <= c.max_new_tokens, "[capfilt] min_new_tokens > max_new_tokens"),
         (config.download.timeout > 0, "[download] timeout must be > 0"),
+        (config.train.synthetic_gate >= 0, "[train] synthetic_gate must be >= 0 (0: off)"),
     ]
     problems = [message for ok, message in checks if not ok] + check_select(config.select)
     if problems:

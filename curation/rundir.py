@@ -131,6 +131,10 @@ class LoopDir:
     def capfilt(self, round_no: int) -> RunDir:
         return RunDir(self.round(round_no) / "capfilt")
 
+    def capfilt_web_only(self, round_no: int) -> RunDir:
+        """The round's CapFilt pass without synthetic captions, when the gate withheld them."""
+        return RunDir(self.round(round_no) / "capfilt-web-only")
+
     def ablation_variant(self, slug: str) -> Path:
         """ablate/SLUG: one data variant's CapFilt run (`run/`) and model (`model/`)."""
         return self.root / "ablate" / slug

@@ -92,6 +92,18 @@ def _capfilt_pass(spec: BootstrapSpec, r: int, config: dict, run_dir: RunDir | N
     return str(run_dir.root)
 
 
+def _gated_capfilt_pass(spec: BootstrapSpec, r: int, config: dict) -> tuple[str, dict]:
+    """Round r's CapFilt pass, run again without synthetic captions when `[train]
+    synthetic_gate` withholds them; (the pass to train on, the gate's numbers)."""
+    capfilt_run = _capfilt_pass(spec, r, config)
+    gate = loop.synthetic_gate(Path(capfilt_run), from_dict(config).train.synthetic_gate)
+    if gate["synthetic_withheld"]:
+        _say(f"round {r}: synthetic captions withheld ({gate})")
+        web_only = {**config, "capfilt": {**config.get("capfilt", {}), "num_captions": 0}}
+        capfilt_run = _capfilt_pass(spec, r, web_only, LoopDir(spec.out).capfilt_web_only(r))
+    return capfilt_run, gate
+
+
 def _ablation(spec: BootstrapSpec, config: dict) -> list[dict]:
     """One model per data variant (curation.training.ablate), trained on the same example
     budget."""
@@ -148,8 +160,8 @@ def bootstrap(spec: BootstrapSpec) -> dict:
         if r == spec.rounds:
             break
         finetune(spec.clean, model, str(dirs.finetuned(r + 1)), config)
-        capfilt_run = _capfilt_pass(spec, r + 1, config)
-        found = capfilt_metrics(str(dirs.web.root), capfilt_run, spec.truth)
+        capfilt_run, gate = _gated_capfilt_pass(spec, r + 1, config)
+        found = capfilt_metrics(str(dirs.web.root), capfilt_run, spec.truth) | gate
         metrics["capfilt"][f"round{r + 1}"] = found
         io.write_json(metrics, dirs.metrics)
         model = str(dirs.model(r + 1))

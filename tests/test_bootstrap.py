@@ -144,6 +144,32 @@ def test_chosen_caption_noise_is_judged_by_the_worlds_truth(world_loop):
     assert found["chosen_noise_pct"] == pytest.approx(100 * sum(wrong) / len(wrong), abs=0.01)
 
 
+def test_the_synthetic_gate_compares_pass_rates(world_loop):
+    _, _, out = world_loop
+    capfilt_run = out / "round1" / "capfilt"  # ITM threshold 0: every text passed
+    assert loop.synthetic_gate(capfilt_run, 0.0)["synthetic_withheld"] is False
+    assert loop.synthetic_gate(capfilt_run, 1.0)["synthetic_withheld"] is False  # 100% vs 100%
+    gate = loop.synthetic_gate(capfilt_run, 1.5)
+    assert gate == {"web_pass_pct": 100.0, "synthetic_pass_pct": 100.0, "synthetic_withheld": True}
+
+
+def test_a_withheld_round_trains_on_web_texts_only(world_loop, tmp_path):
+    root, argv, _ = world_loop
+    config = tmp_path / "gate.toml"
+    config.write_text((root / "cfg.toml").read_text() + "synthetic_gate = 1.5\n")  # [train] last
+    args = argv(tmp_path / "out")
+    args[args.index("--config") + 1] = str(config)
+    assert cli.main(args) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["capfilt"]["round1"]["synthetic_withheld"] is True
+    web_only = tmp_path / "out" / "round1" / "capfilt-web-only" / "shards"
+    rows = pa.concat_tables(pq.read_table(p) for p in sorted(web_only.glob("*.parquet")))
+    sources = {c["source"] for cands in rows["candidates"].to_pylist() for c in cands}
+    assert len(rows) > 0 and sources == {"web"}
+    log = json.loads((tmp_path / "out" / "round1" / "model" / "train_log.json").read_text())
+    assert log["pairs"] == len(rows)  # one kept web text per curated image
+
+
 def test_the_verdict_says_in_plain_words_whether_curation_cleaned():
     web = {"raw_noise_pct": 40.0, "clean_web_kept_pct": 90.0}
     cleaner = loop.verdict({**web, "chosen_noise_pct": 20.0, "curated_noise_pct": 30.0})

@@ -66,6 +66,20 @@ def noise_ratio(run_dir: Path) -> dict:
     return {f"{row[0]}_rejected_pct": row[1] for row in rows}
 
 
+def synthetic_gate(capfilt_run: Path, ratio: float) -> dict:
+    """Whether a CapFilt pass's synthetic captions should be withheld: the filter passed them
+    less than `ratio` times as often as the web texts (`[train] synthetic_gate`; 0 = never).
+    BLIP keeps both kinds; this guards against a captioner that writes fluent but wrong text."""
+    rejected = noise_ratio(capfilt_run)
+    web = 100.0 - rejected.get("web_rejected_pct", 100.0)
+    synthetic = 100.0 - rejected.get("synthetic_rejected_pct", 100.0)
+    return {
+        "web_pass_pct": round(web, 2),
+        "synthetic_pass_pct": round(synthetic, 2),
+        "synthetic_withheld": bool(ratio) and synthetic < ratio * web,
+    }
+
+
 def _truth_by_url(truth_parquet: Path) -> dict[str, dict]:
     """Truth rows keyed by the URL's path tail (`images/web_000000.jpg`)."""
     return {r["file"]: r for r in pq.read_table(truth_parquet).to_pylist()}

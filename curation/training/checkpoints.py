@@ -19,7 +19,14 @@ from curation.training.vision_init import finished_fingerprint
 
 # TrainConfig fields that change no weight; left out of the fingerprint that guards a resume.
 VISION_ONLY = ("vision_epochs", "vision_batch_size", "vision_lr")  # `curate pretrain-vision`'s
-NOT_IN_FINGERPRINT = ("checkpoint_every", "log_every", "keep_checkpoints", *VISION_ONLY)
+# settings that do not change what a training job computes
+NOT_IN_FINGERPRINT = (
+    "checkpoint_every",
+    "log_every",
+    "keep_checkpoints",
+    "synthetic_gate",
+    *VISION_ONLY,
+)
 PRETRAIN_ONLY = ("size", "epochs", "lr", "vision_init")
 FINETUNE_ONLY = ("finetune_epochs", "finetune_lr")
 
