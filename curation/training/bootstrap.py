@@ -7,6 +7,8 @@ exists):
     round0/model/       pre-trained on the raw web pairs
     roundR/finetuned/   roundR-1's model fine-tuned on the clean set (captioner LM; filter ITC+ITM)
     roundR/capfilt/     `curate run` over the web with that captioner and filter
+    roundR/capfilt-web-only/  the same without synthetic captions, when [train] synthetic_gate
+                        withheld them (round R then trains on it)
     roundR/model/       pre-trained from scratch on roundR/capfilt's curated pairs
     metrics.json        every model's eval numbers, every CapFilt pass's noise ratio
     ablate/, ablation.json, ablation.md  with --ablate
