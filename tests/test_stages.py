@@ -144,6 +144,8 @@ def test_config_errors_name_the_problem(tmp_path):
     assert config.from_dict({"capfilt": {"itm_threshold": 1}}).capfilt.itm_threshold == 1.0
     with pytest.raises(config.ConfigError, match="caption_choice must be itm or web_first"):
         config.from_dict({"capfilt": {"caption_choice": "longest"}})
+    with pytest.raises(config.ConfigError, match="synthetic_gate must be >= 0"):
+        config.from_dict({"train": {"synthetic_gate": -1.0}})
 
 
 def test_default_preset_documents_every_default():
