@@ -142,8 +142,9 @@ class TrainConfig:
     compositional_negatives: bool = False
     # `curate bootstrap`: withhold a round's synthetic captions (CapFilt again with K = 0) when
     # the filter passes them less than this many times as often as the web's alt-text: a
-    # captioner whose captions fare worse than raw alt-text adds noise, not clean text. 0 = off.
-    synthetic_gate: float = 0.0
+    # captioner whose captions fare worse than raw alt-text adds noise, not clean text. 0 = off
+    # (BLIP's loop); 1.0 measured on the demo world (docs/benchmarks.md, CapFilt quality).
+    synthetic_gate: float = 1.0
     temperature: float = 0.07  # ITC temperature at the start, then learnt (BLIP: init 0.07)
     finetune_epochs: int = 15  # passes over the clean set in fine-tuning (BLIP COCO: 5-6)
     finetune_lr: float = 5e-4  # AdamW peak lr in fine-tuning (BLIP: 1e-5 on ViT-B)
