@@ -34,18 +34,6 @@ class DownloadConfig:
     max_bytes: int = 20_000_000  # larger responses are refused while read: no image is this big
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """How the captioner samples its captions: BLIP's ``generate(sample=True)`` settings."""
-
-    num_captions: int = 3  # captions per image
-    prompt: str = "a picture of"  # decoding starts from "[DEC] PROMPT"; removed from the output
-    top_p: float = 0.9  # nucleus sampling (BLIP, sec. 4.3); 1.0 = the whole vocabulary
-    repetition_penalty: float = 1.1  # stops "a a a a" loops
-    min_new_tokens: int = 5
-    max_new_tokens: int = 30
-
-
 @dataclass
 class CapFiltConfig:
     captioner: str = CAPTIONER_DEFAULT  # hub id or local folder (save_pretrained)
@@ -70,9 +58,22 @@ class CapFiltConfig:
     max_image_pixels: int = 89_478_485  # Pillow's decompression-bomb limit
     seed: int = 0  # caption sampling seed
 
-    def sampling(self) -> Sampling:
+    def sampling(self) -> "Sampling":
         fields = [f.name for f in dataclasses.fields(Sampling)]
         return Sampling(**{name: getattr(self, name) for name in fields})
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the captioner samples its captions (BLIP's ``generate(sample=True)``): the sampling
+    fields of ``[capfilt]``, with its defaults and meanings (``CapFiltConfig.sampling()``)."""
+
+    num_captions: int = CapFiltConfig.num_captions
+    prompt: str = CapFiltConfig.prompt
+    top_p: float = CapFiltConfig.top_p
+    repetition_penalty: float = CapFiltConfig.repetition_penalty
+    min_new_tokens: int = CapFiltConfig.min_new_tokens
+    max_new_tokens: int = CapFiltConfig.max_new_tokens
 
 
 CAPTION_CHOICES = ("itm", "web_first")  # [capfilt] caption_choice

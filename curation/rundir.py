@@ -89,7 +89,8 @@ class RunDir:
         path = self.marker(step, shard)
         return json.loads(path.read_text()) if path.exists() else None
 
-    def read_json(self, path: Path) -> dict:
+    @staticmethod
+    def read_json(path: Path) -> dict:
         """A JSON file of the run ({} when it is not written yet)."""
         return json.loads(path.read_text()) if path.exists() else {}
 

@@ -180,6 +180,8 @@ def test_compositional_negatives_reach_the_itm_loss(clean_pairs):
         negs = (torch.roll(index, 1), torch.roll(index, 1))
         losses.append(itm_loss(filt, embeds, batch, *negs).item())
     assert batch.neg_valid.all() and losses[0] != losses[1]
+    batch.neg_valid[:] = False  # no text could be changed: the plain ITM loss
+    assert itm_loss(filt, embeds, batch, *negs).item() == pytest.approx(losses[0])
 
 
 # --------------------------------------------------------------------------- objectives

@@ -197,10 +197,10 @@ class Captioner(_Loaded):
         alone, not on the other images in the batch (`PerRowSampler`). The global torch RNG is
         not touched.
         """
-        pixel_values = self.to_device(pixel_values)  # no-op when already there
         num_images, num_captions = pixel_values.shape[0], sampling.num_captions
-        if num_captions <= 0 or num_images == 0:
+        if num_captions <= 0 or num_images == 0:  # K = 0: no copy to the device either
             return [[] for _ in range(num_images)]
+        pixel_values = self.to_device(pixel_values)  # no-op when already there
         seeds = [seed] * num_images if isinstance(seed, int) else list(seed)
         # (1, P): [CLS] .. [SEP]
         prompt_ids = self.tokenize([sampling.prompt], max_tokens=64)["input_ids"]

@@ -82,6 +82,8 @@ def itm_loss(
 def _compositional_logits(filt, image_embeds: torch.Tensor, batch: Batch) -> torch.Tensor:
     """ITM logits of each image with its compositional negative, where one could be made."""
     keep = batch.neg_valid  # (B,)
+    if not keep.any():  # no text in the batch had a content word to change
+        return image_embeds.new_zeros((0, 2))
     hidden = filt.text_encoder(
         input_ids=batch.neg_ids[keep],
         attention_mask=batch.neg_mask[keep],
