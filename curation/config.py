@@ -46,7 +46,11 @@ class CapFiltConfig:
     repetition_penalty: float = 1.1  # BLIP's sampling setting; stops "a a a a" loops
     min_new_tokens: int = 5
     max_new_tokens: int = 30
-    itm_threshold: float = 0.5  # BLIP's filter keeps texts with ITM probability >= 0.5
+    # BLIP's filter keeps texts with ITM probability >= 0.5. "auto": the lowest threshold whose
+    # precision on the filter's held-out clean pairs reaches target_precision
+    # (curation.pipeline.calibration; the filter must come from curate finetune / bootstrap).
+    itm_threshold: float | str = 0.5
+    target_precision: float = 0.9  # with itm_threshold = "auto"
     # Which kept text becomes the row's `caption`: "itm" (highest ITM probability) or
     # "web_first" (the web text when it passed, else the best synthetic caption): a filter
     # that prefers fluent synthetic text over true alt-text should not decide alone.
@@ -78,6 +82,8 @@ class Sampling:
 
 CAPTION_CHOICES = ("itm", "web_first")  # [capfilt] caption_choice
 ORDERS = ("score_then_balance", "balance_then_score")  # [select] order
+AUTO = "auto"  # a setting the product derives: [capfilt] itm_threshold
+AUTO_SETTINGS = ("itm_threshold",)
 
 
 @dataclass
@@ -141,6 +147,14 @@ class TrainConfig:
     # content words swapped or one replaced by another word of the texts, so the filter learns
     # which attribute goes with which object, not only the topic.
     compositional_negatives: bool = False
+    # Fine-tuning the filter: this many web texts of other images per clean pair as extra ITM
+    # negatives, so boilerplate and mismatched alt-text are seen as "no match" and are not out of
+    # distribution when the filter judges the web. Needs the web's texts (`curate bootstrap`
+    # passes them; `curate finetune --web RUN_DIR`). 0 = off (BLIP's in-batch negatives only).
+    web_negatives: int = 0
+    # Share of the clean set's images held out of the filter's fine-tuning to calibrate
+    # `[capfilt] itm_threshold = "auto"` (FILTER_DIR/calibration.json); 0 = no calibration.
+    calibration_holdout: float = 0.2
     # `curate bootstrap`: withhold a round's synthetic captions (CapFilt again with K = 0) when
     # the filter passes them less than this many times as often as the web's alt-text: a
     # captioner whose captions fare worse than raw alt-text adds noise, not clean text. 0 = off
@@ -182,10 +196,13 @@ def _apply(section_obj, values: dict, section: str) -> None:
         if name not in known:
             raise ConfigError(f"unknown setting [{section}] {name} (known: {', '.join(known)})")
         expected = type(getattr(section_obj, name))
+        if value == AUTO and name in AUTO_SETTINGS:
+            expected = str
         if expected is float and type(value) is int:
             value = float(value)
         if type(value) is not expected:
-            raise ConfigError(f"[{section}] {name} must be {expected.__name__}, got {value!r}")
+            kind = expected.__name__ + (' or "auto"' if name in AUTO_SETTINGS else "")
+            raise ConfigError(f"[{section}] {name} must be {kind}, got {value!r}")
         setattr(section_obj, name, value)
 
 
@@ -227,13 +244,22 @@ def validate(config: RunConfig) -> None:
         (config.sharding.shard_size >= 1, "[sharding] shard_size must be >= 1"),
         (c.num_captions >= 0, "[capfilt] num_captions must be >= 0"),
         (0.0 < c.top_p <= 1.0, "[capfilt] top_p must be in (0, 1]"),
-        (0.0 <= c.itm_threshold <= 1.0, "[capfilt] itm_threshold must be in [0, 1]"),
+        (
+            c.itm_threshold == AUTO or 0.0 <= c.itm_threshold <= 1.0,
+            '[capfilt] itm_threshold must be in [0, 1] or "auto"',
+        ),
+        (0.0 < c.target_precision < 1.0, "[capfilt] target_precision must be in (0, 1)"),
         (c.caption_choice in CAPTION_CHOICES, "[capfilt] caption_choice must be itm or web_first"),
         (c.batch_size >= 1, "[capfilt] batch_size must be >= 1"),
         (c.num_workers >= 0, "[capfilt] num_workers must be >= 0"),
         (c.min_new_tokens <= c.max_new_tokens, "[capfilt] min_new_tokens > max_new_tokens"),
         (config.download.timeout > 0, "[download] timeout must be > 0"),
         (config.train.synthetic_gate >= 0, "[train] synthetic_gate must be >= 0 (0: off)"),
+        (config.train.web_negatives >= 0, "[train] web_negatives must be >= 0 (0: off)"),
+        (
+            0.0 <= config.train.calibration_holdout < 1.0,
+            "[train] calibration_holdout must be in [0, 1)",
+        ),
     ]
     problems = [message for ok, message in checks if not ok] + check_select(config.select)
     if problems:

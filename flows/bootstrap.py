@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from curation import io
 from curation.config import from_dict
-from curation.pipeline import run, select, steps
+from curation.pipeline import calibration, run, select, steps
 from curation.pipeline.run import RunSpec
 from curation.rundir import LoopDir, RunDir
 from curation.training import ablate as ablations
@@ -57,9 +57,11 @@ def pretrain_vision(labelled: str, out: str, config: dict) -> dict:
 
 
 @task(cache_policy=NO_CACHE, task_run_name="finetune-{out}")
-def finetune(clean: str, init: str, out: str, config: dict) -> dict:
+def finetune(clean: str, init: str, out: str, config: dict, web: str) -> dict:
     _say(f"fine-tuning {init} on the clean set {clean}")
-    return train.finetune(pairs_from_clean(clean), init, out, from_dict(config).train)
+    web_texts = [text for _, text in pairs_from_raw(web)]  # ITM negatives ([train] web_negatives)
+    cfg = from_dict(config).train
+    return train.finetune(pairs_from_clean(clean), init, out, cfg, web_texts=web_texts)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="evaluate-{model}")
@@ -85,7 +87,9 @@ def _capfilt_pass(spec: BootstrapSpec, r: int, config: dict, run_dir: RunDir | N
     finetuned, run_dir = dirs.finetuned(r), run_dir or dirs.capfilt(r)
     capfilt = dict(config.get("capfilt", {}))
     capfilt |= {"captioner": str(finetuned / "captioner"), "filter": str(finetuned / "filter")}
-    run_spec = spec.web_spec(str(run_dir.root), {**config, "capfilt": capfilt})
+    run_spec = calibration.calibrated(
+        spec.web_spec(str(run_dir.root), {**config, "capfilt": capfilt})
+    )
     run.prepare(run_spec, from_dict(run_spec.config))
     loop.link_downloads(dirs.web, run_dir)
     curate(run_spec)
@@ -159,7 +163,7 @@ def bootstrap(spec: BootstrapSpec) -> dict:
             io.write_json(metrics, dirs.metrics)  # kept if a later step fails
         if r == spec.rounds:
             break
-        finetune(spec.clean, model, str(dirs.finetuned(r + 1)), config)
+        finetune(spec.clean, model, str(dirs.finetuned(r + 1)), config, str(dirs.web.root))
         capfilt_run, gate = _gated_capfilt_pass(spec, r + 1, config)
         found = capfilt_metrics(str(dirs.web.root), capfilt_run, spec.truth) | gate
         metrics["capfilt"][f"round{r + 1}"] = found

@@ -87,10 +87,12 @@ def check_scale_out(args) -> None:
 def cmd_run(args) -> int:
     check_scale_out(args)
     cfg, caption_col = checked_run_config(args)
+    from curation.pipeline import calibration
     from curation.pipeline.run import RunSpec
     from flows.curate import curate_on
 
     spec = RunSpec(args.urls, args.out, args.url_col, caption_col, cfg.to_dict())
+    spec = calibration.calibrated(spec)  # "auto" without a calibrated filter: refused now
     curate_on(spec, args.workers or 0, args.cluster)
     print(stats.report(args.out))
     return 0
@@ -134,9 +136,23 @@ def cmd_finetune(args) -> int:
 
     cfg = config_mod.load(args.config)
     check_captioned_set(args.clean, "clean set")
-    train.finetune(pairs_from_clean(args.clean), args.init, args.out, cfg.train)
+    web_texts = _web_negative_texts(args.web, cfg.train.web_negatives)
+    pairs = pairs_from_clean(args.clean)
+    train.finetune(pairs, args.init, args.out, cfg.train, web_texts=web_texts)
     print(f"wrote {args.out}/captioner, filter, scorer")
     return 0
+
+
+def _web_negative_texts(web: str | None, web_negatives: int) -> list[str] | None:
+    """The alt-text of run `web`'s downloads, for [train] web_negatives; checked first."""
+    from curation.rundir import RunDir
+    from curation.training.data import pairs_from_raw
+
+    if bool(web) != bool(web_negatives):
+        raise config_mod.ConfigError("give --web RUN_DIR and [train] web_negatives >= 1 together")
+    if web and not RunDir(web).markers("download"):
+        raise config_mod.ConfigError(f"--web {web} holds no downloaded shards (not a curate run?)")
+    return [text for _, text in pairs_from_raw(web)] if web else None
 
 
 def cmd_pretrain_vision(args) -> int:

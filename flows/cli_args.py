@@ -81,6 +81,12 @@ def _finetune(sub) -> None:
     f.add_argument("--init", required=True, metavar="MODEL_DIR")
     f.add_argument("--out", required=True, metavar="MODEL_DIR2")
     f.add_argument("--config", help="TOML file or preset name ([train] section)")
+    f.add_argument(
+        "--web",
+        metavar="RUN_DIR",
+        help="a run whose downloaded alt-text serves as the filter's extra ITM negatives "
+        "([train] web_negatives)",
+    )
 
 
 def _bootstrap(sub) -> None:

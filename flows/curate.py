@@ -29,7 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from curation.config import from_dict
-from curation.pipeline import run, steps
+from curation.pipeline import calibration, run, steps
 from curation.pipeline.run import RunSpec
 from curation.pipeline.steps import AFTER_PLAN, BEFORE_PLAN, PLAN, STEPS, Step
 from curation.rundir import RunDir
@@ -88,6 +88,7 @@ def _shards_on_workers(out: str, shards: list[int], config: dict, progress: Prog
 @flow(name="curate", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def curate(spec: RunSpec) -> dict:
     """Curate `spec.urls` into `spec.out`; returns the run's counts."""
+    spec = calibration.calibrated(spec)
     cfg = from_dict(spec.config)
     started = time.perf_counter()
     out, run_dir = spec.out, spec.run_dir

@@ -248,3 +248,34 @@ def test_demo_settings_can_be_replaced_and_bad_ones_fail_before_any_work(tmp_pat
     assert cli.main(argv) == 2
     assert "[train] epochs must be int" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
+
+
+def test_finetuning_holds_out_clean_images_and_auto_uses_their_scores(world_loop, tmp_path, capsys):
+    root, _, out = world_loop
+    finetuned = out / "round1" / "finetuned"
+    log = json.loads((finetuned / "train_log.json").read_text())
+    held = log["calibration"]["held_out_pairs"]
+    assert held > 0 and set(log["calibration"]["negatives"]) == {
+        "web_text",
+        "other_caption",
+        "compositional",
+    }
+    scores = json.loads((finetuned / "filter" / "calibration.json").read_text())
+    assert len(scores["positives"]) == held and len(scores["negatives"]["web_text"]) == held
+    config = tmp_path / "auto.toml"
+    config.write_text(
+        (root / "cfg.toml")
+        .read_text()
+        .replace("itm_threshold = 0.0", 'itm_threshold = "auto"\ntarget_precision = 0.6')
+        .replace(
+            "[capfilt]",
+            f'[capfilt]\ncaptioner = "{finetuned}/captioner"\nfilter = "{finetuned}/filter"',
+        )
+    )
+    argv = ["run", "--urls", str(root / "urls.parquet"), "--out", str(tmp_path / "run")]
+    assert cli.main([*argv, "--config", str(config), "--allow-private-network"]) == 0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    threshold = run["config"]["capfilt"]["itm_threshold"]
+    assert run["calibration"]["itm_threshold"] == threshold and 0.0 <= threshold <= 1.0
+    assert run["calibration"]["target_precision"] == 0.6
+    assert f"ITM threshold: {threshold:.4f} (auto: held-out precision" in capsys.readouterr().out

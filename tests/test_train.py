@@ -19,6 +19,7 @@ from curation.training import train
 from curation.training.checkpoints import TrainDirError
 from curation.training.data import (
     PairData,
+    add_web_negatives,
     compositional_negative,
     make_batch,
     negatives_for,
@@ -27,7 +28,9 @@ from curation.training.data import (
     pairs_from_raw,
     prepare_pairs,
     tokenize_pairs,
+    web_negative_pool,
 )
+from curation.training.holdout import held_out_scores
 from curation.training.losses import OBJECTIVES, itc_loss, itm_loss, sample_negatives
 from curation.training.modeling import build_models
 from curation.training.schedule import batch_indices, lr_at
@@ -182,6 +185,25 @@ def test_compositional_negatives_reach_the_itm_loss(clean_pairs):
     assert batch.neg_valid.all() and losses[0] != losses[1]
     batch.neg_valid[:] = False  # no text could be changed: the plain ITM loss
     assert itm_loss(filt, embeds, batch, *negs).item() == pytest.approx(losses[0])
+
+
+def test_web_negatives_reach_the_itm_loss_and_leave_out_training_texts(clean_pairs):
+    cfg = TrainConfig(size="tiny", web_negatives=2)
+    captioner, filt, processor = build_models(cfg)
+    data = prepare_pairs(clean_pairs[:8], processor)
+    web = ["click to enlarge", "untitled", data.texts[0], "", "untitled"]
+    assert web_negative_pool(web, data.texts) == ["click to enlarge", "untitled"]
+    index, negs = torch.arange(8), (torch.roll(torch.arange(8), 1), torch.roll(torch.arange(8), 1))
+    losses = []
+    for k in (0, 2):
+        tokens = tokenize_pairs(data.texts, processor.tokenizer, replace(cfg, web_negatives=k), web)
+        batch = make_batch(data.pixels, data, tokens, index, "cpu")
+        if k:
+            add_web_negatives(batch, tokens, k, torch.Generator().manual_seed(0))
+            assert batch.web_ids.shape[0] == 16  # k texts per pair
+        embeds = filt.vision_model(pixel_values=batch.pixels).last_hidden_state
+        losses.append(itm_loss(filt, embeds, batch, *negs).item())
+    assert losses[0] != losses[1]
 
 
 # --------------------------------------------------------------------------- objectives
@@ -381,3 +403,22 @@ def test_finetune_trains_captioner_and_filter_apart(tmp_path, pretrained, clean_
     assert any(not torch.equal(filt[k], before[k]) for k in before)
     models.load_captioner(str(tmp_path / "captioner"), torch.device("cpu"), torch.float32)
     models.load_filter(str(tmp_path / "scorer"), torch.device("cpu"), torch.float32)
+
+
+def auc(positives: list[float], negatives: list[float]) -> float:
+    """P(a true caption outscores a negative), ties counted half."""
+    pos, neg = torch.tensor(positives)[:, None], torch.tensor(negatives)[None, :]
+    return float((pos > neg).float().mean() + 0.5 * (pos == neg).float().mean())
+
+
+def test_a_filter_finetuned_with_compositional_negatives_ranks_true_captions_above_them(
+    tmp_path, pretrained, clean_pairs
+):
+    init, _ = pretrained
+    cfg = TrainConfig(**LEARN, finetune_epochs=20, finetune_lr=2e-3, compositional_negatives=True)
+    train.finetune(clean_pairs, init, tmp_path, replace(cfg, calibration_holdout=0.0))
+    filt = models.load_filter(str(tmp_path / "filter"), torch.device("cpu"), torch.float32)
+    # Fresh negatives (another seed than training's) of the clean captions, scored as held out
+    positives, negatives = held_out_scores(filt, clean_pairs, [], seed=cfg.seed + 1)
+    # measured 0.64 (0.63 without the negatives: a 32-wide model learns little binding here)
+    assert auc(positives, negatives["compositional"]) > 0.6  # chance: 0.5

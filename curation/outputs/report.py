@@ -31,6 +31,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 from curation import io, schema, sql
 from curation.config import CapFiltConfig, ConfigError
 from curation.outputs.export import has_annotations
+from curation.pipeline import calibration
 from curation.pipeline.images import decode_image
 from curation.rundir import RunDir
 
@@ -65,6 +66,7 @@ class RunInfo:
     manifest: dict  # RUN_DIR/manifest.json ({} while the run is unfinished)
     selection: dict  # RUN_DIR/selection.json ({} when selection did not run)
     annotated: bool  # the annotations view has rows (DFN score, concepts)
+    calibration: dict | None = None  # run.json's: how itm_threshold = "auto" was resolved
 
     @property
     def capfilt(self) -> dict:
@@ -111,7 +113,11 @@ def render(run_dir: str | Path, con=None) -> str:
     run = RunDir.of(run_dir)
     con = con or sql.connect(run.root)
     info = RunInfo(
-        run.root, run.read_json(run.manifest), run.read_json(run.selection), has_annotations(con)
+        run.root,
+        run.read_json(run.manifest),
+        run.read_json(run.selection),
+        has_annotations(con),
+        run.read_json(run.run_json).get("calibration"),
     )
     counts = dict(zip(*_one(con, "stats_funnel"), strict=True))
     body = [
@@ -153,6 +159,11 @@ def header_html(info: RunInfo, counts: dict) -> str:
     )
 
 
+def _threshold_setting(info: RunInfo) -> float | str | None:
+    """The ITM threshold, and how it was calibrated when it was "auto"."""
+    return calibration.describe(info.calibration) if info.calibration else info.itm_threshold
+
+
 def _settings(info: RunInfo) -> list[tuple[str, object]]:
     models = info.manifest.get("models", {})
     score, balance = info.selection.get("score") or {}, info.selection.get("balance") or {}
@@ -160,7 +171,7 @@ def _settings(info: RunInfo) -> list[tuple[str, object]]:
     return [
         ("captioner", models.get("captioner")),
         ("filter", models.get("filter")),
-        ("ITM threshold", info.itm_threshold),
+        ("ITM threshold", _threshold_setting(info)),
         ("synthetic captions per image", info.capfilt.get("num_captions")),
         ("DFN scorer", score.get("scorer")),
         ("DFN threshold", None if info.dfn_threshold is None else f"{info.dfn_threshold:.4f}"),

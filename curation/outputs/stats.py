@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from curation import schema, sql
+from curation.pipeline import calibration
 from curation.rundir import RunDir
 
 FUNNEL = {"stages": list(schema.REJECT_STAGES)}
@@ -54,7 +55,9 @@ def selection_sections(run_dir: Path) -> list[tuple[str, str, dict]]:
 def report(run_dir: str | Path) -> str:
     """All sections as text."""
     con = sql.connect(run_dir)
-    parts = []
+    run = RunDir.of(run_dir)
+    calibrated = run.read_json(run.run_json).get("calibration")
+    parts = [f"ITM threshold: {calibration.describe(calibrated)}"] if calibrated else []
     for title, name, params in SECTIONS + selection_sections(run_dir):
         columns, rows = sql.query(con, name, **params)
         body = format_table(columns, rows) if rows else "(none)"

@@ -27,6 +27,8 @@ class RunSpec:
     url_col: str = "url"
     caption_col: str | None = "caption"  # None: the list has no alt-text
     config: dict = field(default_factory=dict)
+    # How `itm_threshold = "auto"` was resolved (curation.pipeline.calibration), for run.json
+    calibration: dict | None = None
 
     @property
     def run_dir(self) -> RunDir:
@@ -73,6 +75,7 @@ def prepare(spec: RunSpec, cfg: RunConfig) -> list[int]:
         "rows": len(table),
         "shards": len(parts),
         "config": cfg.to_dict(),
+        "calibration": spec.calibration,
     }
     io.write_json(known, run_dir.run_json)
     return list(range(len(parts)))

@@ -28,7 +28,7 @@ NOT_IN_FINGERPRINT = (
     *VISION_ONLY,
 )
 PRETRAIN_ONLY = ("size", "epochs", "lr", "vision_init")
-FINETUNE_ONLY = ("finetune_epochs", "finetune_lr")
+FINETUNE_ONLY = ("finetune_epochs", "finetune_lr", "web_negatives", "calibration_holdout")
 
 
 class TrainDirError(ValueError):

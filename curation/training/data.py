@@ -173,12 +173,18 @@ class Tokens:
     neg_ids: torch.Tensor | None = None  # (N, L'') compositional negatives, when asked for
     neg_mask: torch.Tensor | None = None
     neg_valid: torch.Tensor | None = None  # (N,) bool: the negative differs from the text
+    web_ids: torch.Tensor | None = None  # (W, L) web texts drawn as ITM negatives
+    web_mask: torch.Tensor | None = None
 
 
-def tokenize_pairs(texts: list[str], tokenizer, cfg: TrainConfig) -> Tokens:
+def tokenize_pairs(
+    texts: list[str], tokenizer, cfg: TrainConfig, web_texts: list[str] | None = None
+) -> Tokens:
     """Tokenize once. The decoder's input starts with [DEC] (BLIP's bos) instead of [CLS], as
     `BlipForConditionalGeneration.generate` does; the prompt is not scored (BLIP's captioning
-    fine-tuning masks `prompt_length` tokens), so the captioner continues "a picture of"."""
+    fine-tuning masks `prompt_length` tokens), so the captioner continues "a picture of".
+    `web_texts` (the web's alt-text) are tokenized as a pool of ITM negatives when
+    `cfg.web_negatives` asks for them."""
 
     def encode(batch: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         enc = tokenizer(
@@ -196,12 +202,21 @@ def tokenize_pairs(texts: list[str], tokenizer, cfg: TrainConfig) -> Tokens:
     lm_ids[:, 0] = tokenizer.bos_token_id  # [CLS] -> [DEC]
     labels = lm_ids.masked_fill(lm_mask == 0, -100)
     labels[:, :prompt_length] = -100
-    if not cfg.compositional_negatives:
-        return Tokens(ids, mask, lm_ids, lm_mask, labels)
-    negatives = negatives_for(texts, cfg.seed)
-    neg_ids, neg_mask = encode(negatives)
-    valid = torch.tensor([n != t for n, t in zip(negatives, texts, strict=True)], dtype=torch.bool)
-    return Tokens(ids, mask, lm_ids, lm_mask, labels, neg_ids, neg_mask, valid)
+    tokens = Tokens(ids, mask, lm_ids, lm_mask, labels)
+    if cfg.compositional_negatives:
+        negatives = negatives_for(texts, cfg.seed)
+        tokens.neg_ids, tokens.neg_mask = encode(negatives)
+        tokens.neg_valid = torch.tensor([n != t for n, t in zip(negatives, texts, strict=True)])
+    if cfg.web_negatives and web_texts:
+        tokens.web_ids, tokens.web_mask = encode(web_negative_pool(web_texts, texts))
+    return tokens
+
+
+def web_negative_pool(web_texts: list[str], texts: list[str]) -> list[str]:
+    """The distinct web texts, less any text that is also a training text (it would be a
+    positive of some image): sorted, so the pool does not depend on the web's order."""
+    own = set(texts)
+    return sorted({t for t in web_texts if t and t.strip() and t not in own})
 
 
 @dataclass
@@ -216,6 +231,8 @@ class Batch:
     neg_ids: torch.Tensor | None = None  # (B, L'') compositional negatives (Tokens.neg_ids)
     neg_mask: torch.Tensor | None = None
     neg_valid: torch.Tensor | None = None  # (B,) bool
+    web_ids: torch.Tensor | None = None  # (B * k, Lw) web texts as ITM negatives, k per pair
+    web_mask: torch.Tensor | None = None
 
 
 def make_batch(pixels: torch.Tensor, data: PairData, tokens: Tokens, index, device) -> Batch:
@@ -235,6 +252,17 @@ def make_batch(pixels: torch.Tensor, data: PairData, tokens: Tokens, index, devi
         batch.neg_ids, batch.neg_mask = trim(tokens.neg_ids, tokens.neg_mask)
         batch.neg_valid = tokens.neg_valid[index].to(device)
     return batch
+
+
+def add_web_negatives(batch: Batch, tokens: Tokens, k: int, generator: torch.Generator) -> None:
+    """Give `batch` k web texts per pair, drawn uniformly from the pool with `generator`
+    (seeded per step, so a resume draws the same ones), padding trimmed."""
+    draws = (len(batch.ids) * k,)
+    pick = torch.randint(len(tokens.web_ids), draws, generator=generator, device=generator.device)
+    pick = pick.cpu()  # (B * k,) rows of the pool
+    length = int(tokens.web_mask[pick].sum(dim=1).max())
+    batch.web_ids = tokens.web_ids[pick, :length].to(batch.ids.device)
+    batch.web_mask = tokens.web_mask[pick, :length].to(batch.ids.device)
 
 
 def pairs_digest(pairs: list[tuple[bytes, str]]) -> str:

@@ -63,7 +63,8 @@ def itm_loss(
     neg_image: torch.Tensor,
 ) -> torch.Tensor:
     """Match / no-match cross-entropy over B positives and 2B hard negatives (sec. 3.2, ITM),
-    plus up to B compositional negatives when the batch carries them."""
+    plus up to B compositional negatives and k web texts per image when the batch carries
+    them."""
     b = len(batch.ids)
     embeds = torch.cat([image_embeds, image_embeds, image_embeds[neg_image]])  # (3B, 1+P, Dv)
     ids = torch.cat([batch.ids, batch.ids[neg_text], batch.ids])  # (3B, L)
@@ -73,23 +74,32 @@ def itm_loss(
     ).last_hidden_state  # (3B, L, Dt): text cross-attending to the image
     logits = filt.itm_head(hidden[:, 0, :])  # (3B, 2): [no match, match]
     if batch.neg_ids is not None:  # + each image with its own text made false (NegCLIP)
-        logits = torch.cat([logits, _compositional_logits(filt, image_embeds, batch)])
+        keep = batch.neg_valid  # (B,) whether a negative could be made from the text
+        logits = torch.cat(
+            [
+                logits,
+                _negative_logits(
+                    filt, image_embeds[keep], batch.neg_ids[keep], batch.neg_mask[keep]
+                ),
+            ]
+        )
+    if batch.web_ids is not None:  # + each image with web texts of other images
+        k = len(batch.web_ids) // b
+        embeds = image_embeds.repeat_interleave(k, dim=0)  # (B * k, 1+P, Dv)
+        logits = torch.cat([logits, _negative_logits(filt, embeds, batch.web_ids, batch.web_mask)])
     labels = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
     labels[:b] = 1
     return F.cross_entropy(logits.float(), labels)
 
 
-def _compositional_logits(filt, image_embeds: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """ITM logits of each image with its compositional negative, where one could be made."""
-    keep = batch.neg_valid  # (B,)
-    if not keep.any():  # no text in the batch had a content word to change
+def _negative_logits(filt, image_embeds, ids, mask) -> torch.Tensor:
+    """ITM logits (N, 2) of N images (N, 1+P, Dv) with N texts (N, L) known not to match."""
+    if not len(ids):  # e.g. no text in the batch had a content word to change
         return image_embeds.new_zeros((0, 2))
     hidden = filt.text_encoder(
-        input_ids=batch.neg_ids[keep],
-        attention_mask=batch.neg_mask[keep],
-        encoder_hidden_states=image_embeds[keep],
-    ).last_hidden_state  # (B', L'', Dt)
-    return filt.itm_head(hidden[:, 0, :])  # (B', 2)
+        input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds
+    ).last_hidden_state  # (N, L, Dt)
+    return filt.itm_head(hidden[:, 0, :])
 
 
 def lm_loss(

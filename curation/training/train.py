@@ -45,7 +45,8 @@ import torch
 from curation.config import ConfigError, TrainConfig
 from curation.io import write_json
 from curation.models import tiny
-from curation.models.blip import pick_device
+from curation.models.blip import Filter, pick_device
+from curation.pipeline import calibration
 from curation.training.checkpoints import TrainDirError as TrainDirError  # re-exported
 from curation.training.checkpoints import (
     finished_log,
@@ -57,11 +58,13 @@ from curation.training.checkpoints import (
 from curation.training.data import (
     PairData,
     Tokens,
+    add_web_negatives,
     make_batch,
     pairs_digest,
     prepare_pairs,
     tokenize_pairs,
 )
+from curation.training.holdout import held_out_scores, split_holdout
 from curation.training.losses import OBJECTIVES, compute_losses
 from curation.training.modeling import Job, Temperature, build_models
 from curation.training.schedule import batch_indices, lr_at, steps_per_epoch
@@ -147,6 +150,8 @@ def run_job(job: Job, ctx: _Context) -> dict:
         index = batch_indices(ctx.lengths, cfg.batch_size, cfg.seed, step)
         batch = make_batch(ctx.pixels, ctx.data, ctx.tokens, index, ctx.device)
         generator = torch.Generator(ctx.device).manual_seed(cfg.seed * 1_000_003 + step)
+        if ctx.tokens.web_ids is not None and "itm" in job.objectives:
+            add_web_negatives(batch, ctx.tokens, cfg.web_negatives, generator)
         lr = lr_at(step, total, job.lr, cfg.warmup)
         losses = _step(job, batch, optimizer, lr, ctx, generator)
         _accumulate(progress["acc"], losses, len(index), time.perf_counter() - tick)
@@ -186,12 +191,15 @@ def _after_step(job, ctx: _Context, optimizer, progress: dict, total: int, lr, l
 # --------------------------------------------------------------------------- outputs
 
 
-def _write_outputs(ctx: _Context, captioner, filt, processor, log: dict) -> dict:
-    """captioner/, filter/, scorer/ (the filter: DFN scoring reads its ITC cosine), then
-    train_log.json last: its presence marks the training finished."""
+def _write_outputs(ctx: _Context, captioner, filt, processor, log: dict, scores=None) -> dict:
+    """captioner/, filter/ (with calibration.json when held-out `scores` are given), scorer/
+    (the filter: DFN scoring reads its ITC cosine), then train_log.json last: its presence
+    marks the training finished."""
     for name, model in (("captioner", captioner), ("filter", filt), ("scorer", filt)):
         save_model(model, processor, ctx.out / name)
         log["outputs"][name] = str(ctx.out / name)
+    if scores is not None:
+        calibration.write(ctx.out / "filter", *scores)
     write_json(log, ctx.out / "train_log.json")
     if not ctx.cfg.keep_checkpoints:
         shutil.rmtree(ctx.out / "checkpoints", ignore_errors=True)
@@ -224,23 +232,26 @@ def check_config(cfg: TrainConfig) -> None:
 OnStep = Callable[[str, int, dict[str, float]], None]  # (job name, step done, losses)
 
 
-def _start(kind, pairs, out_dir, cfg, init_dir) -> tuple[list, Path, str, dict | None]:
+def _start(
+    kind, pairs, out_dir, cfg, init_dir, web_texts=()
+) -> tuple[list, Path, str, dict | None]:
     """Validate, fingerprint; the finished log when this training is already done."""
     check_config(cfg)
     pairs, out = list(pairs), Path(out_dir)
-    fingerprint = training_fingerprint(kind, cfg, pairs_digest(pairs), init_dir)
+    digest = pairs_digest(pairs + [(b"", text) for text in web_texts])
+    fingerprint = training_fingerprint(kind, cfg, digest, init_dir)
     done = finished_log(out, fingerprint)
     if done is not None:
         print(f"[train {kind}] {out} already finished; not redone", file=sys.stderr, flush=True)
     return pairs, out, fingerprint, done
 
 
-def _context(pairs, processor, out: Path, cfg, fingerprint, on_step) -> _Context:
+def _context(pairs, processor, out: Path, cfg, fingerprint, on_step, web_texts=()) -> _Context:
     """Decode, preprocess and tokenize once; pick the device."""
     data = prepare_pairs(pairs, processor)
     if len(data.texts) < 2:
         raise ValueError(f"need at least 2 pairs with a decodable image, got {len(data.texts)}")
-    tokens = tokenize_pairs(data.texts, processor.tokenizer, cfg)
+    tokens = tokenize_pairs(data.texts, processor.tokenizer, cfg, list(web_texts))
     device, dtype = pick_device()
     print(
         f"[train] {len(data.texts)} pairs, {len(data.pixels)} images "
@@ -301,25 +312,33 @@ def finetune(
     out_dir: str | Path,
     cfg: TrainConfig | None = None,
     on_step: OnStep | None = None,
+    web_texts: list[str] | None = None,
 ) -> dict:
     """CapFilt fine-tuning (sec. 3.3) on the clean set: the captioner with LM only, the filter
     with ITC + ITM, both from init_dir, trained one after the other with nothing shared.
+    `web_texts`: the web's alt-text, drawn as extra ITM negatives (`cfg.web_negatives`).
 
     Same outputs, resume and skip rules as `pretrain`; `scorer/` is the fine-tuned filter,
     trained on clean data as DFN's filtering network is.
     """
-    cfg = cfg or TrainConfig()
-    pairs, out, fingerprint, done = _start("finetune", clean_pairs, out_dir, cfg, init_dir)
+    cfg, web_texts = cfg or TrainConfig(), list(web_texts or [])
+    start = _start("finetune", clean_pairs, out_dir, cfg, init_dir, web_texts)
+    pairs, out, fingerprint, done = start
     if done is not None:
         return done
     captioner, filt, processor = build_models(cfg, init_dir, share_vision=False)
     ctx = _context(pairs, processor, out, cfg, fingerprint, on_step)
     epochs, lr = cfg.finetune_epochs, cfg.finetune_lr
-    jobs = (
-        Job("captioner", {"captioner": captioner}, ("lm",), epochs, lr, Temperature(1.0)),
-        Job("filter", {"filter": filt}, ("itc", "itm"), epochs, lr, Temperature(cfg.temperature)),
-    )  # the captioner's LM uses no temperature
     log = _base_log("finetune", ctx, init_dir)
-    for job in jobs:
-        log["jobs"][job.name] = run_job(job, ctx)
-    return _write_outputs(ctx, captioner, filt, processor, log)
+    job = Job("captioner", {"captioner": captioner}, ("lm",), epochs, lr, Temperature(1.0))
+    log["jobs"]["captioner"] = run_job(job, ctx)  # the captioner's LM uses no temperature
+    train_pairs, held_out = split_holdout(pairs, cfg.calibration_holdout, cfg.seed)
+    filter_ctx = _context(train_pairs, processor, out, cfg, fingerprint, on_step, web_texts)
+    job = Job("filter", {"filter": filt}, ("itc", "itm"), epochs, lr, Temperature(cfg.temperature))
+    log["jobs"]["filter"] = run_job(job, filter_ctx)
+    scores = None
+    if held_out:  # calibration for itm_threshold = "auto"
+        scores = held_out_scores(Filter(filt.eval(), processor), held_out, web_texts, cfg.seed)
+        negatives = {kind: len(found) for kind, found in scores[1].items()}
+        log["calibration"] = {"held_out_pairs": len(scores[0]), "negatives": negatives}
+    return _write_outputs(ctx, captioner, filt, processor, log, scores)
