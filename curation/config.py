@@ -46,11 +46,14 @@ class CapFiltConfig:
     repetition_penalty: float = 1.1  # BLIP's sampling setting; stops "a a a a" loops
     min_new_tokens: int = 5
     max_new_tokens: int = 30
-    # BLIP's filter keeps texts with ITM probability >= 0.5. "auto": the lowest threshold whose
-    # precision on the filter's held-out clean pairs reaches target_precision
-    # (curation.pipeline.calibration; the filter must come from curate finetune / bootstrap).
+    # BLIP's filter keeps texts with ITM probability >= 0.5. "auto": the threshold at which the
+    # filter's held-out clean pairs reach `calibration_target` (curation.pipeline.calibration;
+    # the filter must come from curate finetune / bootstrap).
     itm_threshold: float | str = 0.5
-    target_precision: float = 0.9  # with itm_threshold = "auto"
+    # With "auto": "recall" keeps that share of held-out true pairs (the highest such threshold);
+    # "precision" reaches that class-balanced precision against held-out negatives (the lowest).
+    calibrate_for: str = "recall"
+    calibration_target: float = 0.85
     # Which kept text becomes the row's `caption`: "itm" (highest ITM probability) or
     # "web_first" (the web text when it passed, else the best synthetic caption): a filter
     # that prefers fluent synthetic text over true alt-text should not decide alone.
@@ -84,6 +87,7 @@ CAPTION_CHOICES = ("itm", "web_first")  # [capfilt] caption_choice
 ORDERS = ("score_then_balance", "balance_then_score")  # [select] order
 AUTO = "auto"  # a setting the product derives: [capfilt] itm_threshold
 AUTO_SETTINGS = ("itm_threshold",)
+CALIBRATE_FOR = ("recall", "precision")  # [capfilt] calibrate_for
 
 
 @dataclass
@@ -155,6 +159,10 @@ class TrainConfig:
     # Share of the clean set's images held out of the filter's fine-tuning to calibrate
     # `[capfilt] itm_threshold = "auto"` (FILTER_DIR/calibration.json); 0 = no calibration.
     calibration_holdout: float = 0.2
+    # Fine-tuning: keep the pre-trained image encoder fixed and train the text side only (LiT,
+    # Zhai et al. 2022, arXiv 2111.07991): a few hundred clean images cannot retrain a ViT
+    # without memorising them.
+    freeze_vision: bool = False
     # `curate bootstrap`: withhold a round's synthetic captions (CapFilt again with K = 0) when
     # the filter passes them less than this many times as often as the web's alt-text: a
     # captioner whose captions fare worse than raw alt-text adds noise, not clean text. 0 = off
@@ -248,7 +256,8 @@ def validate(config: RunConfig) -> None:
             c.itm_threshold == AUTO or 0.0 <= c.itm_threshold <= 1.0,
             '[capfilt] itm_threshold must be in [0, 1] or "auto"',
         ),
-        (0.0 < c.target_precision < 1.0, "[capfilt] target_precision must be in (0, 1)"),
+        (c.calibrate_for in CALIBRATE_FOR, "[capfilt] calibrate_for must be recall or precision"),
+        (0.0 < c.calibration_target < 1.0, "[capfilt] calibration_target must be in (0, 1)"),
         (c.caption_choice in CAPTION_CHOICES, "[capfilt] caption_choice must be itm or web_first"),
         (c.batch_size >= 1, "[capfilt] batch_size must be >= 1"),
         (c.num_workers >= 0, "[capfilt] num_workers must be >= 0"),

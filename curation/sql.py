@@ -6,7 +6,9 @@ downloads, curated (= samples), rejects, texts, annotations, concepts (sample, e
 built from strings at run time.
 """
 
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 from functools import cache
@@ -42,6 +44,7 @@ def load(name: str) -> str:
 def _empty_file(variable: str) -> str:
     """A zero-row file standing in for a table that has no files yet (a view must bind)."""
     folder = Path(tempfile.mkdtemp(prefix="curate-empty-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # cached for the process's life
     _, table_schema = FILES[variable]
     if table_schema is None:
         path = folder / "empty.json"

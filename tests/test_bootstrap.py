@@ -266,7 +266,7 @@ def test_finetuning_holds_out_clean_images_and_auto_uses_their_scores(world_loop
     config.write_text(
         (root / "cfg.toml")
         .read_text()
-        .replace("itm_threshold = 0.0", 'itm_threshold = "auto"\ntarget_precision = 0.6')
+        .replace("itm_threshold = 0.0", 'itm_threshold = "auto"\ncalibration_target = 0.6')
         .replace(
             "[capfilt]",
             f'[capfilt]\ncaptioner = "{finetuned}/captioner"\nfilter = "{finetuned}/filter"',
@@ -277,5 +277,5 @@ def test_finetuning_holds_out_clean_images_and_auto_uses_their_scores(world_loop
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     threshold = run["config"]["capfilt"]["itm_threshold"]
     assert run["calibration"]["itm_threshold"] == threshold and 0.0 <= threshold <= 1.0
-    assert run["calibration"]["target_precision"] == 0.6
-    assert f"ITM threshold: {threshold:.4f} (auto: held-out precision" in capsys.readouterr().out
+    assert run["calibration"]["target"] == 0.6 and run["calibration"]["recall"] >= 0.6
+    assert f"ITM threshold: {threshold:.4f} (auto for recall 0.60" in capsys.readouterr().out

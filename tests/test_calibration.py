@@ -52,34 +52,43 @@ def test_auto_needs_a_calibrated_filter_and_is_refused_before_any_work(tmp_path)
         calibration.calibrated(spec)
     with pytest.raises(ConfigError, match='itm_threshold must be float or "auto"'):
         from_dict({"capfilt": {"itm_threshold": "manual"}})
-    with pytest.raises(ConfigError, match="target_precision must be in"):
-        from_dict({"capfilt": {"target_precision": 1.0}})
+    with pytest.raises(ConfigError, match="calibration_target must be in"):
+        from_dict({"capfilt": {"calibration_target": 1.0}})
+    with pytest.raises(ConfigError, match="calibrate_for must be recall or precision"):
+        from_dict({"capfilt": {"calibrate_for": "f1"}})
     with pytest.raises(ConfigError, match="calibration_holdout must be in"):
         from_dict({"train": {"calibration_holdout": 1.0}})
 
 
-def test_auto_is_replaced_by_the_threshold_of_the_target_precision(tmp_path):
+@pytest.mark.parametrize("goal", ["recall", "precision"])
+def test_auto_is_replaced_by_the_threshold_of_the_calibration_target(tmp_path, goal):
     rng = np.random.default_rng(1)
     positives, negatives = scores(rng, 500)
     half = len(negatives) // 2
     kinds = {"web_text": negatives[:half].tolist(), "other_caption": negatives[half:].tolist()}
     calibration.write(tmp_path, positives.tolist(), kinds)
     thresholds = []
-    for target in (0.8, 0.95):
-        config = {
-            "capfilt": {
-                "itm_threshold": "auto",
-                "filter": str(tmp_path),
-                "target_precision": target,
-            }
-        }
-        spec = calibration.calibrated(RunSpec("u.parquet", "out", config=config))
-        assert from_dict(spec.config).capfilt.itm_threshold == spec.calibration["itm_threshold"]
-        assert spec.calibration["held_out_negatives"] == 500
+    for target in (0.7, 0.9):
+        capfilt = {"itm_threshold": "auto", "filter": str(tmp_path)}
+        capfilt |= {"calibrate_for": goal, "calibration_target": target}
+        spec = calibration.calibrated(RunSpec("u.parquet", "out", config={"capfilt": capfilt}))
+        found = spec.calibration
+        assert from_dict(spec.config).capfilt.itm_threshold == found["itm_threshold"]
+        assert found["held_out_negatives"] == 500 and found[goal] >= target
         assert calibration.calibrated(spec) == spec  # a number stays as it is
-        thresholds.append(spec.calibration["itm_threshold"])
-    assert thresholds[0] < thresholds[1]  # target_precision has an effect
-    assert "auto: held-out precision" in calibration.describe(spec.calibration)
+        thresholds.append(found["itm_threshold"])
+    # calibrate_for and calibration_target have an effect: higher recall, lower threshold
+    assert (thresholds[0] > thresholds[1]) == (goal == "recall")
+    assert f"(auto for {goal} 0.90: on 500 true and 500 false" in calibration.describe(found)
+
+
+def test_the_recall_threshold_keeps_the_target_share_of_true_pairs_on_another_split():
+    rng = np.random.default_rng(2)
+    found = calibration.threshold_for_recall(scores(rng, 4000)[0], 0.85)
+    assert found["recall"] >= 0.85
+    assert np.mean(scores(rng, 20000)[0] >= found["itm_threshold"]) == pytest.approx(0.85, abs=0.01)
+    exact = calibration.threshold_for_recall([0.1, 0.2, 0.3, 0.4], 0.5)
+    assert exact == {"itm_threshold": 0.3, "recall": 0.5, "reached": True}
 
 
 def test_the_holdout_is_whole_images_chosen_by_seed_not_by_row_order():

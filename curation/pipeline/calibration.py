@@ -1,4 +1,4 @@
-"""The ITM threshold for a target precision (`[capfilt] itm_threshold = "auto"`).
+"""The ITM threshold chosen on held-out clean pairs (`[capfilt] itm_threshold = "auto"`).
 
 BLIP keeps a text when its ITM match probability is >= 0.5, a threshold fit for BLIP's own
 filter; a filter fine-tuned on a few hundred clean pairs scores on another scale. Fine-tuning
@@ -6,12 +6,14 @@ filter; a filter fine-tuned on a few hundred clean pairs scores on another scale
 the clean set out and stores, in FILTER_DIR/calibration.json, the ITM probabilities of those
 held-out true pairs and of held-out negatives (each held-out image with a web text of another
 image, a caption of another held-out image and a compositional negative of its own caption).
-A run with `itm_threshold = "auto"` picks the lowest threshold whose held-out precision reaches
-`[capfilt] target_precision`: as many true texts kept as that precision allows.
+A run with `itm_threshold = "auto"` picks its threshold from them (`[capfilt] calibrate_for`):
 
-Precision is measured with the positives and negatives weighted equally (half of the judged
-texts true), so it does not depend on how many negatives were drawn: a web whose texts are
-mostly noise gets a lower precision than this at the same threshold.
+- "recall": the highest threshold that keeps `calibration_target` of the held-out true pairs.
+  It estimates the share of clean web pairs kept and needs no guess of the web's noise.
+- "precision": the lowest threshold whose precision reaches `calibration_target`, measured
+  with positives and negatives weighted equally (half of the judged texts true) so it does not
+  depend on how many negatives were drawn; a web noisier than that, or whose noise is harder
+  than these negatives, gets a lower precision at the same threshold.
 """
 
 import json
@@ -75,31 +77,62 @@ def load(filter_source: str) -> dict:
     return json.loads(path.read_text())
 
 
+def threshold_for_recall(positives, target: float) -> dict:
+    """The highest ITM threshold keeping at least `target` of the held-out true pairs.
+
+    positives: ITM probabilities (P,), P >= 1. Returns {itm_threshold, recall, reached}."""
+    pos = np.sort(np.asarray(positives, float))[::-1]  # descending
+    if not len(pos):
+        raise ValueError("calibration needs at least one positive score")
+    keep = min(len(pos), int(np.ceil(target * len(pos) - 1e-9)))  # pairs to keep, >= target
+    threshold = float(pos[max(keep, 1) - 1])
+    return {
+        "itm_threshold": threshold,
+        "recall": round(float(np.mean(pos >= threshold)), 4),
+        "reached": True,
+    }
+
+
 def calibrated(spec):
     """`spec` (a RunSpec) with `itm_threshold = "auto"` replaced by the calibrated threshold
     and the calibration recorded in `spec.calibration`; unchanged for a numeric threshold."""
-    cfg = from_dict(spec.config)
-    if cfg.capfilt.itm_threshold != AUTO:
+    capfilt = from_dict(spec.config).capfilt
+    if capfilt.itm_threshold != AUTO:
         return spec
-    scores = load(cfg.capfilt.filter)
+    scores = load(capfilt.filter)
     negatives = [s for kind in scores["negatives"].values() for s in kind]
-    found = threshold_for_precision(scores["positives"], negatives, cfg.capfilt.target_precision)
-    capfilt = {**spec.config.get("capfilt", {}), "itm_threshold": found["itm_threshold"]}
+    target = capfilt.calibration_target
+    if capfilt.calibrate_for == "recall":
+        found = threshold_for_recall(scores["positives"], target)
+    else:
+        found = threshold_for_precision(scores["positives"], negatives, target)
+    found["precision"] = threshold_precision(scores["positives"], negatives, found["itm_threshold"])
     record = {
         **found,
-        "target_precision": cfg.capfilt.target_precision,
+        "calibrate_for": capfilt.calibrate_for,
+        "target": target,
         "held_out_positives": len(scores["positives"]),
         "held_out_negatives": len(negatives),
     }
-    return replace(spec, config={**spec.config, "capfilt": capfilt}, calibration=record)
+    config = {**spec.config.get("capfilt", {}), "itm_threshold": found["itm_threshold"]}
+    return replace(spec, config={**spec.config, "capfilt": config}, calibration=record)
+
+
+def threshold_precision(positives, negatives, threshold: float) -> float | None:
+    """Class-balanced precision at `threshold`: tpr / (tpr + fpr); None when nothing passes."""
+    tpr = float(np.mean(np.asarray(positives) >= threshold))
+    fpr = float(np.mean(np.asarray(negatives) >= threshold)) if len(negatives) else 0.0
+    return round(tpr / (tpr + fpr), 4) if tpr + fpr else None
 
 
 def describe(record: dict) -> str:
     """One line for `curate stats` and the report: how the threshold was chosen."""
-    met = ">=" if record["reached"] else "< (not reached)"
+    goal = record["calibrate_for"]
+    met = "" if record["reached"] else " (not reached)"
+    precision = record["precision"]
     return (
-        f"{record['itm_threshold']:.4f} (auto: held-out precision {record['precision']:.2f} "
-        f"{met} target {record['target_precision']:.2f}, recall {record['recall']:.2f}; "
+        f"{record['itm_threshold']:.4f} (auto for {goal} {record['target']:.2f}{met}: on "
         f"{record['held_out_positives']} true and {record['held_out_negatives']} false "
-        "held-out pairs)"
+        f"held-out pairs, recall {record['recall']:.2f}, precision "
+        f"{'-' if precision is None else f'{precision:.2f}'})"
     )

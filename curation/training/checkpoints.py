@@ -28,7 +28,13 @@ NOT_IN_FINGERPRINT = (
     *VISION_ONLY,
 )
 PRETRAIN_ONLY = ("size", "epochs", "lr", "vision_init")
-FINETUNE_ONLY = ("finetune_epochs", "finetune_lr", "web_negatives", "calibration_holdout")
+FINETUNE_ONLY = (
+    "finetune_epochs",
+    "finetune_lr",
+    "web_negatives",
+    "calibration_holdout",
+    "freeze_vision",
+)
 
 
 class TrainDirError(ValueError):

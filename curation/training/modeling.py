@@ -88,5 +88,6 @@ class Job:
         unique: dict[int, nn.Parameter] = {}
         for module in self.modules().values():
             for param in module.parameters():
-                unique.setdefault(id(param), param)
+                if param.requires_grad:  # frozen ones ([train] freeze_vision) are left out
+                    unique.setdefault(id(param), param)
         return list(unique.values())
