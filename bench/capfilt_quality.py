@@ -61,10 +61,10 @@ COLUMNS = [
 ]
 
 
-def run_one(out: Path, world: str, size: int, config: dict) -> dict:
-    """One bootstrap round on `world` at `size`; the row of the table."""
+def run_one(out: Path, world: str, size: int, config: dict, base: dict = BASE) -> dict:
+    """One bootstrap round on `world` at `size` (`base` = the 1x world); the table's row."""
     started = time.perf_counter()
-    params = {**BASE, "n_web": BASE["n_web"] * size, **WORLDS[world]}
+    params = {**base, "n_web": base["n_web"] * size, **WORLDS[world]}
     paths = synthetic.write_world(out / "world", **params)
     server = Server(routes_from_dir(paths.images, prefix="/images"))
     try:

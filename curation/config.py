@@ -159,10 +159,6 @@ class TrainConfig:
     # Share of the clean set's images held out of the filter's fine-tuning to calibrate
     # `[capfilt] itm_threshold = "auto"` (FILTER_DIR/calibration.json); 0 = no calibration.
     calibration_holdout: float = 0.2
-    # Fine-tuning: keep the pre-trained image encoder fixed and train the text side only (LiT,
-    # Zhai et al. 2022, arXiv 2111.07991): a few hundred clean images cannot retrain a ViT
-    # without memorising them.
-    freeze_vision: bool = False
     # `curate bootstrap`: withhold a round's synthetic captions (CapFilt again with K = 0) when
     # the filter passes them less than this many times as often as the web's alt-text: a
     # captioner whose captions fare worse than raw alt-text adds noise, not clean text. 0 = off

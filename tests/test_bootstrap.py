@@ -279,3 +279,22 @@ def test_finetuning_holds_out_clean_images_and_auto_uses_their_scores(world_loop
     assert run["calibration"]["itm_threshold"] == threshold and 0.0 <= threshold <= 1.0
     assert run["calibration"]["target"] == 0.6 and run["calibration"]["recall"] >= 0.6
     assert f"ITM threshold: {threshold:.4f} (auto for recall 0.60" in capsys.readouterr().out
+
+
+def test_the_quality_benchmark_runs_a_tiny_world_through_the_loop(tmp_path, world_loop):
+    from test_bench_smoke import load_script
+
+    from curation.config import read_toml
+
+    root, _, _ = world_loop
+    bench = load_script("capfilt_quality")
+    base = {"n_web": 24, "clean_frac": 0.25, "n_eval": 6, "n_labelled": 24, "image_size": (32, 40)}
+    config = read_toml(root / "cfg.toml") | {"select": {"metadata": "", "scorer": ""}}
+    config["download"] = {"allow_private_network": True}
+    row = bench.run_one(tmp_path / "noisy", "noisy", 2, config, base)
+    assert row["web"] == 48 and row["clean"] == 12 and row["world"] == "noisy"
+    truth = pq.read_table(tmp_path / "noisy" / "world" / "truth.parquet")
+    assert row["raw noise %"] == row["capfilt"]["raw_noise_pct"] > 45  # the 60%-noisy mix
+    assert sum(truth["is_noisy"].to_pylist()) / len(truth) > 0.45
+    table = bench.markdown([row]).splitlines()
+    assert len(table) == 3 and table[2].startswith("| noisy | 2x | 48 | 12 |")

@@ -33,7 +33,6 @@ FINETUNE_ONLY = (
     "finetune_lr",
     "web_negatives",
     "calibration_holdout",
-    "freeze_vision",
 )
 
 

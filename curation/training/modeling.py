@@ -88,6 +88,5 @@ class Job:
         unique: dict[int, nn.Parameter] = {}
         for module in self.modules().values():
             for param in module.parameters():
-                if param.requires_grad:  # frozen ones ([train] freeze_vision) are left out
-                    unique.setdefault(id(param), param)
+                unique.setdefault(id(param), param)
         return list(unique.values())

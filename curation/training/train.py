@@ -327,9 +327,6 @@ def finetune(
     if done is not None:
         return done
     captioner, filt, processor = build_models(cfg, init_dir, share_vision=False)
-    if cfg.freeze_vision:
-        for model in (captioner, filt):
-            model.vision_model.requires_grad_(False)
     ctx = _context(pairs, processor, out, cfg, fingerprint, on_step)
     epochs, lr = cfg.finetune_epochs, cfg.finetune_lr
     log = _base_log("finetune", ctx, init_dir)
