@@ -160,9 +160,10 @@ class TrainConfig:
     # `[capfilt] itm_threshold = "auto"` (FILTER_DIR/calibration.json); 0 = no calibration.
     calibration_holdout: float = 0.2
     # `curate bootstrap`: withhold a round's synthetic captions (CapFilt again with K = 0) when
-    # the filter passes them less than this many times as often as the web's alt-text: a
-    # captioner whose captions fare worse than raw alt-text adds noise, not clean text. 0 = off
-    # (BLIP's loop); 1.0 measured on the demo world (docs/benchmarks.md, CapFilt quality).
+    # the filter passes them less than this many times as often as human captions (its held-out
+    # clean pairs; the web's alt-text without them): a captioner whose captions fare worse than
+    # people's adds noise, not clean text. 0 = off (BLIP's loop); 1.0 measured on the demo
+    # world (docs/benchmarks.md, CapFilt quality).
     synthetic_gate: float = 1.0
     temperature: float = 0.07  # ITC temperature at the start, then learnt (BLIP: init 0.07)
     finetune_epochs: int = 15  # passes over the clean set in fine-tuning (BLIP COCO: 5-6)

@@ -150,7 +150,12 @@ def test_the_synthetic_gate_compares_pass_rates(world_loop):
     assert loop.synthetic_gate(capfilt_run, 0.0)["synthetic_withheld"] is False
     assert loop.synthetic_gate(capfilt_run, 1.0)["synthetic_withheld"] is False  # 100% vs 100%
     gate = loop.synthetic_gate(capfilt_run, 1.5)
-    assert gate == {"web_pass_pct": 100.0, "synthetic_pass_pct": 100.0, "synthetic_withheld": True}
+    assert gate == {
+        "web_pass_pct": 100.0,
+        "held_out_clean_pass_pct": 100.0,  # the fine-tuned filter's held-out pairs, threshold 0
+        "synthetic_pass_pct": 100.0,
+        "synthetic_withheld": True,
+    }
 
 
 def test_a_withheld_round_trains_on_web_texts_only(world_loop, tmp_path):
@@ -278,7 +283,11 @@ def test_finetuning_holds_out_clean_images_and_auto_uses_their_scores(world_loop
     threshold = run["config"]["capfilt"]["itm_threshold"]
     assert run["calibration"]["itm_threshold"] == threshold and 0.0 <= threshold <= 1.0
     assert run["calibration"]["target"] == 0.6 and run["calibration"]["recall"] >= 0.6
+    gate = loop.synthetic_gate(tmp_path / "run", 1.0)  # the bar: held-out human captions
+    assert gate["held_out_clean_pass_pct"] == pytest.approx(100 * run["calibration"]["recall"])
     assert f"ITM threshold: {threshold:.4f} (auto for recall 0.60" in capsys.readouterr().out
+    assert cli.main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "report.html")]) == 0
+    assert f"{threshold:.4f} (auto for recall 0.60" in (tmp_path / "report.html").read_text()
 
 
 def test_the_quality_benchmark_runs_a_tiny_world_through_the_loop(tmp_path, world_loop):

@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from curation import io, sql
+from curation.pipeline import calibration
 from curation.pipeline.run import RunSpec
 from curation.rundir import RunDir
 from curation.world.captions import caption_is_true
@@ -69,17 +70,33 @@ def noise_ratio(run_dir: Path) -> dict:
 
 
 def synthetic_gate(capfilt_run: Path, ratio: float) -> dict:
-    """Whether a CapFilt pass's synthetic captions should be withheld: the filter passed them
-    less than `ratio` times as often as the web texts (`[train] synthetic_gate`; 0 = never).
-    BLIP keeps both kinds; this guards against a captioner that writes fluent but wrong text."""
+    """Whether a CapFilt pass's synthetic captions should be withheld (`[train]
+    synthetic_gate`; 0 = never): the filter passed them less than `ratio` times as often as
+    human captions. BLIP keeps both kinds; this guards against a captioner that writes fluent
+    but wrong text. Human captions are the filter's held-out clean pairs at the pass's
+    threshold when the filter has them (FILTER_DIR/calibration.json), else the web's alt-text,
+    whose own noise makes that bar lower."""
     rejected = noise_ratio(capfilt_run)
     web = 100.0 - rejected.get("web_rejected_pct", 100.0)
     synthetic = 100.0 - rejected.get("synthetic_rejected_pct", 100.0)
+    human = _held_out_pass_pct(RunDir(capfilt_run))
+    bar = web if human is None else human
     return {
         "web_pass_pct": round(web, 2),
+        "held_out_clean_pass_pct": human,
         "synthetic_pass_pct": round(synthetic, 2),
-        "synthetic_withheld": bool(ratio) and synthetic < ratio * web,
+        "synthetic_withheld": bool(ratio) and synthetic < ratio * bar,
     }
+
+
+def _held_out_pass_pct(run_dir: RunDir) -> float | None:
+    """Share of the filter's held-out clean pairs at or above the run's ITM threshold."""
+    capfilt = json.loads(run_dir.run_json.read_text())["config"]["capfilt"]
+    path = Path(capfilt["filter"]) / calibration.CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    positives = json.loads(path.read_text())["positives"]
+    return pct(sum(s >= capfilt["itm_threshold"] for s in positives), len(positives))
 
 
 def _truth_by_url(truth_parquet: Path) -> dict[str, dict]:
