@@ -28,8 +28,8 @@ DEMO_CONFIG = {
     # One synthetic caption per image, as BLIP sampled; 3 made round 1 too slow for 10 minutes.
     # The web text as caption whenever it passes: chosen-caption noise 48% -> 42% on this world
     # (docs/benchmarks.md, CapFilt quality).
-    # The ITM threshold calibrated on held-out clean pairs to keep 83% of them: the 80%
-    # of clean web pairs, plus the held-out estimate's standard error (sqrt(.8 x .2 / 200)).
+    # The ITM threshold calibrated on held-out clean pairs to keep 83% of them: the goal of 80%
+    # of the clean web pairs kept, plus the estimate's standard error (sqrt(.8 x .2 / 200)).
     "capfilt": {
         "batch_size": 64,
         "num_captions": 1,

@@ -307,3 +307,26 @@ def test_the_quality_benchmark_runs_a_tiny_world_through_the_loop(tmp_path, worl
     assert sum(truth["is_noisy"].to_pylist()) / len(truth) > 0.45
     table = bench.markdown([row]).splitlines()
     assert len(table) == 3 and table[2].startswith("| noisy | 2x | 48 | 12 |")
+
+
+def test_finetune_takes_web_negatives_from_a_run_and_refuses_half_the_pair(
+    world_loop, tmp_path, capsys
+):
+    root, _, out = world_loop
+    config = tmp_path / "web.toml"
+    config.write_text((root / "cfg.toml").read_text() + "web_negatives = 1\n")  # [train] last
+    base = ["finetune", "--clean", str(root / "world" / "clean.parquet")]
+    base += ["--init", str(out / "round0" / "model")]
+    web, cfg = ["--web", str(out / "web")], ["--config", str(config)]
+    for name, extra, error in [
+        ("a", web, "go together"),  # --web without web_negatives
+        ("b", cfg, "go together"),  # web_negatives without --web
+        ("c", [*cfg, "--web", str(tmp_path)], "holds no downloaded shards"),
+    ]:
+        assert cli.main([*base, "--out", str(tmp_path / name), *extra]) == 2
+        assert error in capsys.readouterr().err and not (tmp_path / name).exists()
+    assert cli.main([*base, "--out", str(tmp_path / "web"), *cfg, *web]) == 0
+    plain = [*base, "--out", str(tmp_path / "plain"), "--config", str(root / "cfg.toml")]
+    assert cli.main(plain) == 0
+    a, b = all_weights(tmp_path / "web"), all_weights(tmp_path / "plain")
+    assert any(not (a[k] == b[k]).all() for k in a if "captioner" not in k)  # the filter changed

@@ -7,7 +7,7 @@ import random
 import torch
 
 from curation.models.blip import Filter
-from curation.training.data import negatives_for, pixels_of
+from curation.training.data import negatives_for, pixels_of, web_negative_pool
 
 Pairs = list[tuple[bytes, str]]
 SCORE_BATCH = 64  # held-out images per ITM call
@@ -35,8 +35,7 @@ def held_out_scores(
     pixels, ok = pixels_of([data for data, _ in held_out], filt.processor)  # (I, 3, H, W)
     pairs = [held_out[i] for i in ok]
     rng = random.Random(seed)
-    own = {text for _, text in pairs}
-    web = sorted({t for t in web_texts if t and t.strip() and t not in own})
+    web = web_negative_pool(web_texts, [text for _, text in pairs])
     texts, kinds = [], []  # per pair: its texts, and the kind of each negative
     for (data, text), swapped in zip(
         pairs, negatives_for([t for _, t in pairs], seed), strict=True

@@ -75,14 +75,8 @@ def itm_loss(
     logits = filt.itm_head(hidden[:, 0, :])  # (3B, 2): [no match, match]
     if batch.neg_ids is not None:  # + each image with its own text made false (NegCLIP)
         keep = batch.neg_valid  # (B,) whether a negative could be made from the text
-        logits = torch.cat(
-            [
-                logits,
-                _negative_logits(
-                    filt, image_embeds[keep], batch.neg_ids[keep], batch.neg_mask[keep]
-                ),
-            ]
-        )
+        ids, mask = batch.neg_ids[keep], batch.neg_mask[keep]
+        logits = torch.cat([logits, _negative_logits(filt, image_embeds[keep], ids, mask)])
     if batch.web_ids is not None:  # + each image with web texts of other images
         k = len(batch.web_ids) // b
         embeds = image_embeds.repeat_interleave(k, dim=0)  # (B * k, 1+P, Dv)
