@@ -8,7 +8,7 @@ withheld by `[train] synthetic_gate`), recall@1 both ways for round 0 and round 
 
 Worlds: `main` (seed 1, the default noise mix, about 45% of web texts noisy) and `noisy` (seed
 2, 60% noisy: more wrong attributes, other images' captions and boilerplate), which no setting
-was tuned on. Size 1 is the size of the demo's world (1,000 web images, 400 clean); size s has
+was tuned on. Size 1 is the size of the demo's world (1,000 web images, 500 clean); size s has
 s times the web and the clean set; the eval set (200 images) stays fixed so rows compare. On 2
 CPU cores a world takes about 10 minutes at 1x and 30 at 4x; 10x (the issue's benchmark
 size) is a GPU job.
@@ -32,7 +32,7 @@ from curation.world.webserver import Server, routes_from_dir
 from flows.bootstrap import bootstrap
 from flows.demo import demo_config
 
-BASE = {"n_web": 1000, "clean_frac": 0.4, "n_eval": 200, "n_labelled": 3000}  # the demo's
+BASE = {"n_web": 1000, "clean_frac": 0.5, "n_eval": 200, "n_labelled": 3000}  # the demo's
 WORLDS = {
     "main": {"seed": 1, "noise_mix": None},
     "noisy": {
