@@ -319,8 +319,8 @@ def test_finetune_takes_web_negatives_from_a_run_and_refuses_half_the_pair(
     base += ["--init", str(out / "round0" / "model")]
     web, cfg = ["--web", str(out / "web")], ["--config", str(config)]
     for name, extra, error in [
-        ("a", web, "go together"),  # --web without web_negatives
-        ("b", cfg, "go together"),  # web_negatives without --web
+        ("a", web, "together"),  # --web without web_negatives
+        ("b", cfg, "together"),  # web_negatives without --web
         ("c", [*cfg, "--web", str(tmp_path)], "holds no downloaded shards"),
     ]:
         assert cli.main([*base, "--out", str(tmp_path / name), *extra]) == 2
