@@ -99,3 +99,16 @@ def test_the_holdout_is_whole_images_chosen_by_seed_not_by_row_order():
     assert split_holdout(pairs[::-1], 0.2, seed=0)[1] == held[::-1]
     assert split_holdout(pairs, 0.2, seed=1)[1] != held
     assert split_holdout(pairs, 0.0, seed=0) == (pairs, [])
+
+
+def test_a_calibration_without_true_pairs_or_negatives_is_refused(tmp_path):
+    config = {"capfilt": {"itm_threshold": "auto", "filter": str(tmp_path)}}
+    spec = RunSpec("u.parquet", "out", config=config)
+    calibration.write(tmp_path, [], {"web_text": [0.1]})
+    with pytest.raises(ConfigError, match="no held-out true pair"):
+        calibration.calibrated(spec)
+    calibration.write(tmp_path, [0.9], {"web_text": []})
+    assert calibration.calibrated(spec).calibration["itm_threshold"] == 0.9  # recall needs none
+    config["capfilt"]["calibrate_for"] = "precision"
+    with pytest.raises(ConfigError, match='no held-out negatives; use calibrate_for = "recall"'):
+        calibration.calibrated(RunSpec("u.parquet", "out", config=config))

@@ -54,6 +54,22 @@ def threshold_for_precision(positives, negatives, target: float) -> dict:
     }
 
 
+def threshold_for_recall(positives, target: float) -> dict:
+    """The highest ITM threshold keeping at least `target` of the held-out true pairs.
+
+    positives: ITM probabilities (P,), P >= 1. Returns {itm_threshold, recall, reached}."""
+    pos = np.sort(np.asarray(positives, float))[::-1]  # descending
+    if not len(pos):
+        raise ValueError("calibration needs at least one positive score")
+    keep = min(len(pos), int(np.ceil(target * len(pos) - 1e-9)))  # pairs to keep, >= target
+    threshold = float(pos[max(keep, 1) - 1])
+    return {
+        "itm_threshold": threshold,
+        "recall": round(float(np.mean(pos >= threshold)), 4),
+        "reached": True,
+    }
+
+
 def write(filter_dir: Path, positives: list[float], negatives: dict[str, list[float]]) -> Path:
     """Store held-out ITM probabilities: positives, and negatives by kind."""
     path = Path(filter_dir) / CALIBRATION_FILE
@@ -74,23 +90,10 @@ def load(filter_source: str) -> dict:
             f'[capfilt] itm_threshold = "auto" needs {path}: a filter fine-tuned by curate '
             "finetune / bootstrap with [train] calibration_holdout > 0, or give a number"
         )
-    return json.loads(path.read_text())
-
-
-def threshold_for_recall(positives, target: float) -> dict:
-    """The highest ITM threshold keeping at least `target` of the held-out true pairs.
-
-    positives: ITM probabilities (P,), P >= 1. Returns {itm_threshold, recall, reached}."""
-    pos = np.sort(np.asarray(positives, float))[::-1]  # descending
-    if not len(pos):
-        raise ValueError("calibration needs at least one positive score")
-    keep = min(len(pos), int(np.ceil(target * len(pos) - 1e-9)))  # pairs to keep, >= target
-    threshold = float(pos[max(keep, 1) - 1])
-    return {
-        "itm_threshold": threshold,
-        "recall": round(float(np.mean(pos >= threshold)), 4),
-        "reached": True,
-    }
+    scores = json.loads(path.read_text())
+    if not scores["positives"]:
+        raise ConfigError(f"{path} holds no held-out true pair: fine-tune on more clean images")
+    return scores
 
 
 def calibrated(spec):
@@ -104,8 +107,10 @@ def calibrated(spec):
     target = capfilt.calibration_target
     if capfilt.calibrate_for == "recall":
         found = threshold_for_recall(scores["positives"], target)
-    else:
+    elif negatives:
         found = threshold_for_precision(scores["positives"], negatives, target)
+    else:
+        raise ConfigError(f'{capfilt.filter}: no held-out negatives; use calibrate_for = "recall"')
     found["precision"] = threshold_precision(scores["positives"], negatives, found["itm_threshold"])
     record = {
         **found,
