@@ -23,7 +23,7 @@ from curation.training import bootstrap as loop
 from curation.training import evaluate as evaluation
 from curation.training import train, vision
 from curation.training.bootstrap import BootstrapSpec
-from curation.training.data import pairs_from_clean, pairs_from_curated, pairs_from_raw
+from curation.training.data import pairs_from_clean, pairs_from_curated, pairs_from_raw, web_texts
 from flows.curate import curate
 
 
@@ -59,9 +59,8 @@ def pretrain_vision(labelled: str, out: str, config: dict) -> dict:
 @task(cache_policy=NO_CACHE, task_run_name="finetune-{out}")
 def finetune(clean: str, init: str, out: str, config: dict, web: str) -> dict:
     _say(f"fine-tuning {init} on the clean set {clean}")
-    web_texts = [text for _, text in pairs_from_raw(web)]  # ITM negatives ([train] web_negatives)
     cfg = from_dict(config).train
-    return train.finetune(pairs_from_clean(clean), init, out, cfg, web_texts=web_texts)
+    return train.finetune(pairs_from_clean(clean), init, out, cfg, web_texts=web_texts(web))
 
 
 @task(cache_policy=NO_CACHE, task_run_name="evaluate-{model}")
@@ -113,7 +112,7 @@ def _ablation(spec: BootstrapSpec, config: dict) -> list[dict]:
     budget."""
     cfg, dirs = from_dict(config), LoopDir(spec.out)
     matcher = select.load_matcher(cfg.select)
-    raw_texts = [text for _, text in pairs_from_raw(dirs.web)]
+    raw_texts = web_texts(dirs.web)
     base_pairs = len(raw_texts)
     eval_texts = evaluation.load_eval_set(spec.eval_set).texts
     tail = ablations.tail_concepts(matcher, raw_texts, eval_texts)  # rarest in the web's texts

@@ -146,13 +146,13 @@ def cmd_finetune(args) -> int:
 def _web_negative_texts(web: str | None, web_negatives: int) -> list[str] | None:
     """The alt-text of run `web`'s downloads, for [train] web_negatives; checked first."""
     from curation.rundir import RunDir
-    from curation.training.data import pairs_from_raw
+    from curation.training.data import web_texts
 
     if bool(web) != bool(web_negatives):
         raise config_mod.ConfigError("give --web RUN_DIR and [train] web_negatives >= 1 together")
     if web and not RunDir(web).markers("download"):
         raise config_mod.ConfigError(f"--web {web} holds no downloaded shards (not a curate run?)")
-    return [text for _, text in pairs_from_raw(web)] if web else None
+    return web_texts(web) if web else None
 
 
 def cmd_pretrain_vision(args) -> int:

@@ -312,7 +312,10 @@ def test_the_quality_benchmark_runs_a_tiny_world_through_the_loop(tmp_path, worl
 def test_finetune_takes_web_negatives_from_a_run_and_refuses_half_the_pair(
     world_loop, tmp_path, capsys
 ):
+    from curation.training.data import pairs_from_raw, web_texts
+
     root, _, out = world_loop
+    assert web_texts(out / "web") == [text for _, text in pairs_from_raw(out / "web")]
     config = tmp_path / "web.toml"
     config.write_text((root / "cfg.toml").read_text() + "web_negatives = 1\n")  # [train] last
     base = ["finetune", "--clean", str(root / "world" / "clean.parquet")]

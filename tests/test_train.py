@@ -429,3 +429,9 @@ def test_no_holdout_writes_no_calibration(tmp_path, pretrained, clean_pairs):
     cfg = TrainConfig(**QUICK, finetune_epochs=1, calibration_holdout=0.0)
     log = train.finetune(clean_pairs, init, tmp_path, cfg)
     assert "calibration" not in log and not (tmp_path / "filter" / "calibration.json").exists()
+
+
+def test_an_all_blank_web_gives_no_web_negatives():
+    cfg = TrainConfig(web_negatives=1)
+    tokens = tokenize_pairs(["a red circle"], tiny.load_tokenizer(), cfg, ["", "  "])
+    assert tokens.web_ids is None

@@ -51,6 +51,17 @@ def pairs_from_raw(run_dir: str | Path) -> list[tuple[bytes, str]]:
     return pairs
 
 
+def web_texts(run_dir: str | Path) -> list[str]:
+    """The alt-text of every downloaded image (raw/), without reading the images: the pool of
+    `[train] web_negatives` and of the held-out calibration's web negatives."""
+    texts = []
+    for path in RunDir.of(run_dir).shard_files("raw"):
+        table = pq.read_table(path, columns=["web_text", "status"])
+        table = table.filter(pc.equal(table["status"], "success"))
+        texts += [t for t in table["web_text"].to_pylist() if t and t.strip()]
+    return texts
+
+
 def require_columns(path: str | Path, role: str, columns: tuple[str, ...]) -> list[str]:
     """Check, before any work, that `path` is a Parquet file holding `columns`; returns all its
     column names. `role` names the file in the message ("clean set", "eval set", ...).
@@ -207,8 +218,9 @@ def tokenize_pairs(
         negatives = negatives_for(texts, cfg.seed)
         tokens.neg_ids, tokens.neg_mask = encode(negatives)
         tokens.neg_valid = torch.tensor([n != t for n, t in zip(negatives, texts, strict=True)])
-    if cfg.web_negatives and web_texts:
-        tokens.web_ids, tokens.web_mask = encode(web_negative_pool(web_texts, texts))
+    pool = web_negative_pool(web_texts or [], texts) if cfg.web_negatives else []
+    if pool:  # (an all-blank web gives none)
+        tokens.web_ids, tokens.web_mask = encode(pool)
     return tokens
 
 
