@@ -23,6 +23,10 @@ class ConfigError(ValueError):
 @dataclass
 class ShardingConfig:
     shard_size: int = 1000  # input rows per shard: one download task and one CapFilt task each
+    # torch intra-op threads of the model steps (CapFilt, DFN scoring) wherever a shard runs. A
+    # matmul's sums split by thread, so one count everywhere makes single-process and Dask
+    # output bit-identical. 0: torch's default (this machine's cores; 1 on a Dask worker).
+    torch_threads: int = 0
 
 
 @dataclass
@@ -247,6 +251,7 @@ def validate(config: RunConfig) -> None:
     c = config.capfilt
     checks = [
         (config.sharding.shard_size >= 1, "[sharding] shard_size must be >= 1"),
+        (config.sharding.torch_threads >= 0, "[sharding] torch_threads must be >= 0"),
         (c.num_captions >= 0, "[capfilt] num_captions must be >= 0"),
         (0.0 < c.top_p <= 1.0, "[capfilt] top_p must be in (0, 1]"),
         (

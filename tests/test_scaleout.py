@@ -41,6 +41,7 @@ PATHS = [
 CONFIG = """
 [sharding]
 shard_size = 3
+torch_threads = 1
 [capfilt]
 num_captions = 2
 batch_size = 2
@@ -89,6 +90,29 @@ def test_dask_run_writes_what_the_single_process_run_writes(two_runs):
     assert len(curated) == 9
     counts = [json.loads((d / "manifest.json").read_text())["counts"] for d in two_runs]
     assert counts[0] == counts[1] and counts[0]["rejected"] == 3
+
+
+def test_model_steps_run_on_the_configured_thread_count_everywhere(two_runs):
+    """One `[sharding] torch_threads` in both runs, whatever torch's default in this process
+    (the machine's cores) or on a worker: the reason the outputs above are bit-identical."""
+    for run_dir in two_runs:
+        for step in ("capfilt", "annotate"):
+            markers = list((run_dir / "_done" / step).glob("*"))
+            assert len(markers) == 4
+            assert {json.loads(m.read_text())["torch_threads"] for m in markers} == {1}
+
+
+def test_torch_threads_sets_the_count_inside_and_restores_it():
+    import torch
+
+    from curation.models.blip import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(before + 2) as inside:
+        assert inside == torch.get_num_threads() == before + 2
+    with torch_threads(0) as inside:
+        assert inside == before
+    assert torch.get_num_threads() == before
 
 
 def test_each_worker_process_loads_the_models_once(two_runs):

@@ -16,6 +16,7 @@ a no-op when the caller already did so, e.g. from pinned memory).
 import hashlib
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,19 @@ def pick_device() -> tuple[torch.device, torch.dtype]:
     if torch.cuda.is_available():
         return torch.device("cuda"), torch.bfloat16
     return torch.device("cpu"), torch.float32
+
+
+@contextmanager
+def torch_threads(count: int):
+    """torch's intra-op thread count set to `count` (0: left as it is) inside the block, then
+    restored; the count in use is yielded. See `[sharding] torch_threads` for why."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def _looks_like_path(source: str) -> bool:

@@ -67,7 +67,8 @@ def capfilt_shard(run_dir: RunDir, shard: int, cfg: RunConfig, progress=None) ->
     """CapFilt one downloaded shard into capfilt/ and rejects/."""
     captioner, filt = load_models(cfg.capfilt.captioner, cfg.capfilt.filter)
     raw = pq.read_table(run_dir.shard_file("raw", shard))
-    result = capfilt.capfilt_shard(raw, captioner, filt, cfg.capfilt, shard, progress)
+    with models.torch_threads(cfg.sharding.torch_threads) as threads:
+        result = capfilt.capfilt_shard(raw, captioner, filt, cfg.capfilt, shard, progress)
     passed, rejects = capfilt.to_tables(result)
     io.write_parquet(passed, run_dir.shard_file("capfilt", shard), schema.CURATED)
     io.write_parquet(rejects, run_dir.shard_file("rejects", shard, "capfilt"), schema.REJECTS)
@@ -78,6 +79,7 @@ def capfilt_shard(run_dir: RunDir, shard: int, cfg: RunConfig, progress=None) ->
         "images": result.images,
         "seconds": result.seconds,
         "model_seconds": result.model_seconds,
+        "torch_threads": threads,
         # which process ran it and how many model loads that process has done so far: one per
         # process, however many shards it runs (checked on Dask workers in test_scaleout.py)
         "pid": os.getpid(),
@@ -99,11 +101,12 @@ def annotate_shard(run_dir: RunDir, shard: int, cfg: RunConfig) -> dict:
     c = cfg.select
     scorer, matcher = load_selectors(c.scorer, c.metadata, c.casefold)
     passed = pq.read_table(run_dir.shard_file("capfilt", shard))
-    notes = select.annotate(
-        passed, scorer, matcher, batch_size=c.batch_size, num_workers=c.num_workers
-    )
+    with models.torch_threads(cfg.sharding.torch_threads) as threads:
+        notes = select.annotate(
+            passed, scorer, matcher, batch_size=c.batch_size, num_workers=c.num_workers
+        )
     io.write_parquet(notes, run_dir.shard_file("annotations", shard), schema.ANNOTATIONS)
-    return {"rows": len(notes)}
+    return {"rows": len(notes), "torch_threads": threads}
 
 
 def plan_run(run_dir: RunDir, cfg: RunConfig) -> dict:
