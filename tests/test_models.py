@@ -250,3 +250,20 @@ def test_every_sampling_setting_reaches_the_decoder(captioner):
     for change in changes:
         again = captioner.generate(pv, dataclasses.replace(base, **change), seed=[1, 2, 3, 4])
         assert again != first, change
+
+
+def test_a_long_text_is_cut_before_tokenizing_without_changing_what_the_model_reads(filt):
+    """Texts are cut to `readable_chars` before the tokenizer sees them (a 10 MB alt-text took
+    seconds and gigabytes to tokenize): the first max_tokens tokens stay the same for texts
+    of any word lengths, and the score of a huge text is that of its head."""
+    rng = torch.Generator().manual_seed(0)
+    letters = string.ascii_lowercase
+    for _ in range(20):
+        lengths = torch.randint(1, models.MAX_WORD_CHARS + 1, (60,), generator=rng).tolist()
+        text = " ".join(letters[n % 26] * n for n in lengths)
+        whole = filt.processor.tokenizer(text, truncation=True, max_length=12)["input_ids"]
+        assert filt.tokenize([text], 12)["input_ids"][0].tolist() == whole
+    head = "a red circle on a white background " * 20
+    pv = pixels(filt, 1)
+    huge = head + "x" * 10_000_000
+    assert filt.score(pv, [[huge]]) == filt.score(pv, [[head + "and more words"]])

@@ -96,10 +96,15 @@ def test_judge_no_matching_text():
     assert best is None and cands[0]["kept"] is False
 
 
-def test_empty_web_text_is_not_a_candidate():
+def test_empty_texts_web_or_synthetic_are_not_candidates():
     assert capfilt.candidate_texts("  ", ["a cat"]) == [("a cat", "synthetic")]
     assert capfilt.candidate_texts(None, []) == []
     assert capfilt.candidate_texts(" dog ", []) == [("dog", "web")]
+    # a captioner that decodes to "" must not outrank the web text with an empty caption
+    assert capfilt.candidate_texts("a blue square", ["", " \n", " a cat "]) == [
+        ("a blue square", "web"),
+        ("a cat", "synthetic"),
+    ]
 
 
 def test_image_seed_depends_on_run_seed_and_sample_only():
@@ -146,6 +151,27 @@ def test_config_errors_name_the_problem(tmp_path):
         config.from_dict({"capfilt": {"caption_choice": "longest"}})
     with pytest.raises(config.ConfigError, match="synthetic_gate must be >= 0"):
         config.from_dict({"train": {"synthetic_gate": -1.0}})
+
+
+@pytest.mark.parametrize(
+    "section, name, value",
+    [
+        ("download", "thread_count", 0),
+        ("download", "retries", -1),
+        ("download", "max_bytes", -1),
+        ("download", "timeout", 0),
+        ("capfilt", "repetition_penalty", 0.0),
+        ("capfilt", "min_new_tokens", -1),
+        ("capfilt", "prefetch_batches", 0),
+        ("capfilt", "min_image_side", 0),
+        ("capfilt", "max_image_pixels", 0),
+        ("sharding", "torch_threads", -1),
+    ],
+)
+def test_a_number_out_of_its_range_is_refused_in_one_line(section, name, value):
+    """Such values were accepted and then every row failed (thread_count 0, max_bytes -1)."""
+    with pytest.raises(config.ConfigError, match=rf"^\[{section}\] {name} must be "):
+        config.from_dict({section: {name: value}})
 
 
 def test_default_preset_documents_every_default():

@@ -89,9 +89,10 @@ def image_seed(seed: int, sample_id: int) -> int:
 
 
 def candidate_texts(web_text: str | None, captions: list[str]) -> list[tuple[str, str]]:
-    """(text, source) pairs to score; an empty web text describes nothing and is not scored."""
+    """(text, source) pairs to score; an empty or blank text, web or synthetic, describes
+    nothing and is not scored."""
     web = [(web_text.strip(), "web")] if web_text and web_text.strip() else []
-    return web + [(c, "synthetic") for c in captions]
+    return web + [(c.strip(), "synthetic") for c in captions if c.strip()]
 
 
 def judge(
