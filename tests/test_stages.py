@@ -129,6 +129,29 @@ def test_url_list_formats_and_errors(tmp_path):
         urls.read_url_list(tmp_path / "bad.parquet")
 
 
+def test_a_large_csv_with_newlines_inside_quoted_captions_is_read_whole(tmp_path):
+    """Python's csv module quotes captions holding newlines; a file larger than the reader's
+    block (1 MB) was refused, a small one of the same rows accepted."""
+    import csv
+
+    rows = [
+        (f"http://127.0.0.1/{i}.jpg", f'line one of {i}\nline two, "quoted"') for i in range(40_000)
+    ]
+    with open(tmp_path / "big.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["url", "caption"])
+        writer.writerows(rows)
+    assert (tmp_path / "big.csv").stat().st_size > 2_000_000
+    table = urls.read_url_list(tmp_path / "big.csv")
+    assert table["web_text"].to_pylist() == [caption for _, caption in rows]
+
+
+def test_a_header_naming_a_column_twice_is_refused_in_one_line(tmp_path):
+    (tmp_path / "twice.csv").write_text("url,caption,url\nhttp://x/1.jpg,a,http://x/2.jpg\n")
+    with pytest.raises(urls.UrlListError, match="names column 'url' more than once"):
+        urls.read_url_list(tmp_path / "twice.csv")
+
+
 def test_split_shards_covers_every_row_once():
     table = pa.table({"x": list(range(10))})
     parts = urls.split_shards(table, 4)

@@ -30,8 +30,14 @@ def _read_any(path: Path, text_columns: list[str]) -> pa.Table:
         return pq.read_table(path)
     if kind == "jsonl":
         return pajson.read_json(path)
-    # TSV files of alt-text are not quoted: a lone '"' is part of the caption.
-    parse = pacsv.ParseOptions(delimiter="\t", quote_char=False) if kind == "tsv" else None
+    # TSV files of alt-text are not quoted: a lone '"' is part of the caption. A quoted CSV
+    # value may hold newlines (Python's csv module writes them so): the block reader must know,
+    # or a file over one block is refused ("CSV parser got out of sync with chunker").
+    parse = (
+        pacsv.ParseOptions(delimiter="\t", quote_char=False)
+        if kind == "tsv"
+        else pacsv.ParseOptions(newlines_in_values=True)
+    )
     # URL and caption stay text: type inference would turn a caption "007" into the number 7.
     convert = pacsv.ConvertOptions(
         strings_can_be_null=False, column_types=dict.fromkeys(text_columns, pa.string())
@@ -76,6 +82,8 @@ def read_url_list(path: str | Path, url_col: str = "url", caption_col: str | Non
             raise UrlListError(
                 f"{path}: no column {column!r} ({label}); columns are {table.column_names}"
             )
+        if column is not None and table.column_names.count(column) > 1:
+            raise UrlListError(f"{path}: the header names column {column!r} more than once")
     if len(table) == 0:
         raise UrlListError(f"{path}: the URL list has no rows")
     urls = _as_strings(table[url_col], path, url_col)
