@@ -55,6 +55,15 @@ def _empty_file(variable: str) -> str:
     return str(path)
 
 
+def is_query(text: str) -> bool:
+    """True when `text` parses as SQL: how `curate sql` tells its query from its run folders,
+    without handing the query text to the file system (a path does not parse: "runs/a")."""
+    try:
+        return bool(duckdb.extract_statements(text))
+    except duckdb.Error:
+        return False
+
+
 def run_files(run_dirs: list[str | Path]) -> dict[str, list[str]]:
     """Each variable's file list over all runs, never empty."""
     found = {}

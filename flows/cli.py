@@ -55,6 +55,8 @@ def checked_run_config(args) -> tuple[config_mod.RunConfig, str | None]:
     urls.read_url_list(args.urls, args.url_col, caption_col)
     models.check_model_source(cfg.capfilt.captioner)
     models.check_model_source(cfg.capfilt.filter)
+    limits = models.captioner_text_limits(cfg.capfilt.captioner)
+    models.check_caption_length(*limits, cfg.capfilt.sampling())
     select.check_sources(cfg.select)
     _quiet()
     return cfg, caption_col
@@ -174,6 +176,12 @@ def cmd_bootstrap(args) -> int:
     urls.read_url_list(args.urls, args.url_col, caption_col)
     check_bootstrap_files(args)
     select.check_sources(cfg.select)  # a bad concept list or scorer: now, not after training
+    from curation.models import blip as models
+    from curation.models import tiny
+
+    # the loop's captioners are built from the `[train] size` preset with the shipped tokenizer
+    preset = tiny.preset(cfg.train.size)
+    models.check_caption_length(preset.max_text_len, tiny.load_tokenizer(), cfg.capfilt.sampling())
     if args.ablate:
         check_ablation(args, cfg)
     _quiet()
@@ -240,7 +248,8 @@ def cmd_stats(args) -> int:
 
 def cmd_sql(args) -> int:
     run_dirs, query = args.items, None
-    if not Path(run_dirs[-1]).is_dir():
+    # The query is last; only with --catalog may it be left out (then: does the last parse?).
+    if len(run_dirs) > 1 and (not args.catalog or sql.is_query(run_dirs[-1])):
         run_dirs, query = run_dirs[:-1], run_dirs[-1]
     missing = [d for d in run_dirs if not Path(d).is_dir()]
     if not run_dirs or missing:

@@ -122,7 +122,8 @@ def _sql(sub) -> None:
         "items",
         nargs="+",
         metavar="RUN_DIR... [QUERY]",
-        help="run directories, then a query over the views (samples, texts, ...)",
+        help="run directories, then a query over the views (samples, texts, ...); the query "
+        "may be left out only with --catalog",
     )
     q.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     q.add_argument("--out", help="write the result to this file")

@@ -116,6 +116,18 @@ def test_a_set_without_captions_is_refused_before_any_work(tmp_path, capsys, com
     assert not out.exists()
 
 
+def test_bootstrap_refuses_a_caption_length_its_captioners_cannot_decode(tmp_path, capsys):
+    """The loop's captioners get the `[train] size` preset's 64 text positions."""
+    clean = write_eval_without_ids(tmp_path)
+    (tmp_path / "cfg.toml").write_text("[capfilt]\nmax_new_tokens = 100\n")
+    out = tmp_path / "out"
+    argv = ["bootstrap", "--urls", str(write_urls(tmp_path)), "--clean", str(clean)]
+    assert cli.main([*argv, "--out", str(out), "--config", str(tmp_path / "cfg.toml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "max_new_tokens = 100 does not fit" in err[0]
+    assert not out.exists()
+
+
 def write_urls(tmp_path):
     path = tmp_path / "urls.parquet"
     pq.write_table(pa.table({"url": ["http://127.0.0.1:9/a.jpg"], "caption": ["a"]}), path)

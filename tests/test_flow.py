@@ -9,8 +9,11 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_argv
 
 from curation import sql
+from curation.config import Sampling
+from curation.models import blip
 from curation.pipeline import run
 from flows import cli
 
@@ -121,6 +124,23 @@ def test_bad_configuration_stops_before_work_with_one_line(tmp_path, args, messa
     assert not (tmp_path / "run").exists()
 
 
+def test_a_caption_length_the_captioner_cannot_decode_is_refused_before_work(
+    tmp_path, tiny_models, capsys
+):
+    """The tiny captioner has 64 text positions: 100 new tokens died mid-CapFilt with an
+    IndexError, after the downloads, its shard's rows never accounted for."""
+    (tmp_path / "urls.csv").write_text("url,caption\nhttp://127.0.0.1:9/a.jpg,a\n")
+    (tmp_path / "cfg.toml").write_text("[capfilt]\nmax_new_tokens = 100\n")
+    argv = run_argv(tmp_path, tmp_path / "run", tiny_models)
+    argv[argv.index("--urls") + 1] = str(tmp_path / "urls.csv")
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "max_new_tokens = 100 does not fit the captioner" in err[0]
+    assert "reads 64 positions" in err[0] and not (tmp_path / "run").exists()
+    limits = blip.captioner_text_limits(str(tiny_models[0]))
+    blip.check_caption_length(*limits, Sampling(max_new_tokens=60))  # the prompt's 4 + 60 fit
+
+
 def test_sql_views_over_runs_and_output_formats(curated_run, tmp_path, capsys):
     run_dir, rows, expected, _ = curated_run
     query = "SELECT run_id, count(*) AS n FROM samples GROUP BY run_id"
@@ -140,6 +160,17 @@ def test_sql_views_over_runs_and_output_formats(curated_run, tmp_path, capsys):
     steps_seen = capsys.readouterr().out.splitlines()[1:]
     n = shard_count(run_dir)
     assert steps_seen == [f'"{step}",{n}' for step in ("annotate", "capfilt", "download", "select")]
+
+
+def test_a_long_query_is_a_query_not_a_file_name(curated_run, capsys):
+    """A query over 255 characters crashed `curate sql` (the query was tried as a folder)."""
+    run_dir = curated_run[0]
+    query = "SELECT count(*) AS n FROM samples WHERE " + " OR ".join(
+        f"sample_id = {i}" for i in range(60)
+    )
+    assert len(query) > 255
+    assert cli.main(["sql", str(run_dir), query, "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == '"n"'
 
 
 def test_bad_query_gives_duckdbs_message_and_nonzero_exit(curated_run, capsys):

@@ -30,6 +30,7 @@ from transformers import (
     BlipProcessor,
     LogitsProcessor,
     LogitsProcessorList,
+    PreTrainedTokenizerBase,
     TopPLogitsWarper,
 )
 from transformers.utils import logging as transformers_logging
@@ -126,6 +127,28 @@ def check_model_source(id_or_dir: str, allow_download: bool = False) -> None:
             f"model {id_or_dir!r} is neither a local folder nor in the local Hugging Face cache, "
             f"and {where}; pass a checkpoint folder instead ({type(err).__name__})"
         ) from None
+
+
+def captioner_text_limits(captioner_id: str) -> tuple[int, PreTrainedTokenizerBase]:
+    """(text position embeddings, tokenizer) of a captioner, read from its config and
+    tokenizer files only; `check_model_source` first."""
+    source = _resolve(captioner_id)
+    text_config = AutoConfig.from_pretrained(source, local_files_only=True).text_config
+    tokenizer = BlipProcessor.from_pretrained(source, local_files_only=True).tokenizer
+    return text_config.max_position_embeddings, tokenizer
+
+
+def check_caption_length(positions: int, tokenizer, sampling: Sampling) -> None:
+    """Refuse, in one line, a `max_new_tokens` the captioner cannot decode: the prompt and the
+    new tokens must fit its `positions` text position embeddings (beyond them the embedding
+    lookup fails with "index out of range" in the middle of CapFilt)."""
+    prompt = len(tokenizer(sampling.prompt)["input_ids"]) - 1  # [SEP] is dropped to continue
+    if prompt + sampling.max_new_tokens > positions:
+        raise ConfigError(
+            f"[capfilt] max_new_tokens = {sampling.max_new_tokens} does not fit the captioner: "
+            f"it reads {positions} positions and the prompt takes {prompt}, so at most "
+            f"{positions - prompt}"
+        )
 
 
 def preprocess(processor: BlipProcessor, pil_images: list[Image.Image]) -> torch.Tensor:
