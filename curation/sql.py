@@ -7,7 +7,9 @@ built from strings at run time.
 """
 
 import atexit
+import base64
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -15,6 +17,7 @@ from functools import cache
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -73,14 +76,37 @@ def run_files(run_dirs: list[str | Path]) -> dict[str, list[str]]:
     return found
 
 
-def connect(*run_dirs: str | Path, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the views of `run_dirs` (one or many runs)."""
+def connect(
+    *run_dirs: str | Path, database: str = ":memory:", allow_files: bool = False
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the views of `run_dirs` (one or many runs).
+
+    Unless `allow_files`, the connection is then locked down for the user's SQL (predicates of
+    `curate export --where`, `curate sql` queries): DuckDB may read only inside the runs'
+    folders, write nowhere (no COPY TO, no ATTACH), install or load no extension, and the
+    settings cannot be changed back. Without this a predicate could read any local file
+    (`read_blob('/etc/shadow')`) one yes/no at a time.
+    """
     con = duckdb.connect(database)
-    for variable, files in run_files(list(run_dirs)).items():
+    found = run_files(list(run_dirs))
+    for variable, files in found.items():
         con.execute(f"SET VARIABLE {variable} = $files", {"files": files})  # noqa: S608 -- our names
     for view_file in sorted((SQL_DIR / "views").glob("*.sql")):
         con.execute(view_file.read_text())
+    if not allow_files:
+        readable = {str(Path(d).resolve()) for d in run_dirs}
+        readable |= {str(Path(f[0]).parent) for f in found.values() if f}  # the empty files
+        _lock(con, sorted(readable))
     return con
+
+
+def _lock(con: duckdb.DuckDBPyConnection, readable_dirs: list[str]) -> None:
+    """Read only inside `readable_dirs`; no writes, extensions or setting changes after."""
+    con.execute("SET allowed_directories = $dirs", {"dirs": [d + os.sep for d in readable_dirs]})
+    for setting in ("autoinstall_known_extensions", "autoload_known_extensions"):
+        con.execute(f"SET {setting} = false")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
 
 
 def query(con: duckdb.DuckDBPyConnection, name: str, **params) -> tuple[list[str], list[tuple]]:
@@ -114,19 +140,55 @@ def write_catalog(run_dirs: list[str | Path], path: str | Path) -> Path:
 
 
 def write_result(relation: duckdb.DuckDBPyRelation, fmt: str, out: str | None) -> None:
-    """Write a query result as csv, json (one object a line) or parquet to `out` or stdout."""
+    """Write a query result as csv, json (one object a line) or parquet to `out` or stdout.
+
+    CSV has no nested or binary values: lists and structs are written as JSON text, bytes as
+    base64. `out` is written under a temporary name and renamed: a failed write leaves no file.
+    """
     table = relation.to_arrow_table()
-    if fmt == "parquet":
-        pq.write_table(table, out)
+    if not out:
+        _write_table(table, fmt, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
         return
-    stream = open(out, "wb") if out else sys.stdout.buffer  # noqa: SIM115 -- closed below
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        if fmt == "csv":
-            pacsv.write_csv(table, stream)
-        else:
-            for row in table.to_pylist():
-                stream.write(json.dumps(row, default=str).encode() + b"\n")
+        with open(tmp, "wb") as stream:
+            _write_table(table, fmt, stream)
+        os.replace(tmp, out)
     finally:
-        stream.flush()
-        if out:
-            stream.close()
+        tmp.unlink(missing_ok=True)
+
+
+def _write_table(table: pa.Table, fmt: str, stream) -> None:
+    if fmt == "parquet":
+        pq.write_table(table, stream)
+    elif fmt == "csv":
+        pacsv.write_csv(_flat_for_csv(table), stream)
+    else:
+        for row in table.to_pylist():
+            stream.write(json.dumps(row, default=_json_value).encode() + b"\n")
+
+
+def _json_value(value):
+    """JSON for what json cannot write: bytes as base64, anything else (dates...) as text."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    return str(value)
+
+
+def _flat_for_csv(table: pa.Table) -> pa.Table:
+    """Nested columns as JSON text, binary ones as base64: values a CSV cell can hold."""
+    for i, field in enumerate(table.schema):
+        kind = field.type
+        if pa.types.is_nested(kind):
+            values = [
+                None if v is None else json.dumps(v, default=_json_value)
+                for v in table[i].to_pylist()
+            ]
+        elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            values = [None if v is None else _json_value(v) for v in table[i].to_pylist()]
+        else:
+            continue
+        table = table.set_column(i, field.name, pa.array(values, pa.string()))
+    return table

@@ -260,7 +260,7 @@ def cmd_sql(args) -> int:
         return 0
     if args.format == "parquet" and not args.out:
         raise config_mod.ConfigError("--format parquet needs --out FILE")
-    con = sql.connect(*run_dirs)
+    con = sql.connect(*run_dirs, allow_files=args.allow_files)
     try:
         relation = con.sql(query)
         if args.format == "table":

@@ -128,6 +128,12 @@ def _sql(sub) -> None:
     q.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     q.add_argument("--out", help="write the result to this file")
     q.add_argument("--catalog", help="write a DuckDB database file holding the views")
+    q.add_argument(
+        "--allow-files",
+        action="store_true",
+        help="let the query use DuckDB's file functions (read_csv, COPY TO, ATTACH...); by "
+        "default it sees the runs' views and nothing else",
+    )
 
 
 def _runs(sub) -> None:

@@ -320,6 +320,28 @@ def test_invalid_predicate_is_refused_before_anything_is_written(run_dir, tmp_pa
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        "(SELECT count(*) FROM read_text('{secret}')) > 0",
+        "(SELECT count(*) FROM read_blob('{secret}')) > 0",
+        "(SELECT count(*) FROM glob('{folder}/*')) > 0",
+        "(SELECT count(*) FROM read_csv('{secret}')) > 0",
+        "(SELECT count(*) FROM read_parquet('{folder}/*.parquet')) > 0",
+    ],
+)
+def test_a_predicate_cannot_reach_the_file_system(run_dir, tmp_path, where):
+    """A predicate from a config or a schedule could read any local file one yes/no at a time."""
+    folder = tmp_path / "private"
+    folder.mkdir()
+    (folder / "secret.txt").write_text("a,b\n1,2\n")
+    out = tmp_path / "out"
+    where = where.format(secret=folder / "secret.txt", folder=folder)
+    with pytest.raises(ex.ExportError, match="Permission Error"):
+        ex.export(run_dir, out, where=where)
+    assert not out.exists()
+
+
 def test_bad_output_folder_run_folder_or_format_is_refused(run_dir, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ex.ExportError, match="is a file"):

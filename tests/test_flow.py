@@ -173,6 +173,40 @@ def test_a_long_query_is_a_query_not_a_file_name(curated_run, capsys):
     assert capsys.readouterr().out.splitlines()[0] == '"n"'
 
 
+def test_sql_sees_the_views_only_unless_files_are_allowed(curated_run, tmp_path, capsys):
+    run_dir = curated_run[0]
+    (tmp_path / "secret.csv").write_text("a\n42\n")
+    read = f"SELECT a FROM read_csv('{tmp_path / 'secret.csv'}')"
+    copy = f"COPY (SELECT 1) TO '{tmp_path / 'written.csv'}'"
+    for query in (read, copy, f"ATTACH '{tmp_path / 'x.duckdb'}'"):
+        assert cli.main(["sql", str(run_dir), query]) == 1
+        assert "Permission Error" in capsys.readouterr().err
+    assert not (tmp_path / "written.csv").exists() and not (tmp_path / "x.duckdb").exists()
+    assert cli.main(["sql", str(run_dir), read, "--format", "csv", "--allow-files"]) == 0
+    assert capsys.readouterr().out.splitlines() == ['"a"', "42"]
+
+
+def test_csv_holds_nested_values_as_json_and_bytes_as_base64(curated_run, tmp_path, capsys):
+    import base64
+    import csv
+
+    run_dir = curated_run[0]
+    query = "SELECT sample_id, candidates, image FROM samples ORDER BY sample_id LIMIT 2"
+    out = tmp_path / "b.csv"
+    assert cli.main(["sql", str(run_dir), query, "--format", "csv", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    first = sql.connect(run_dir).execute(query).fetchone()
+    assert len(rows) == 2 and json.loads(rows[0]["candidates"]) == first[1]
+    assert base64.b64decode(rows[0]["image"]) == first[2]
+
+
+def test_a_failed_query_leaves_no_out_file(curated_run, tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    query = "SELECT 1 / 0 AS x, error('stop') AS y FROM samples"
+    assert cli.main(["sql", str(curated_run[0]), query, "--format", "csv", "--out", str(out)]) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_query_gives_duckdbs_message_and_nonzero_exit(curated_run, capsys):
     run_dir = curated_run[0]
     assert cli.main(["sql", str(run_dir), "SELEC 1"]) == 1
