@@ -10,6 +10,7 @@ import atexit
 import base64
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -58,6 +59,13 @@ def _empty_file(variable: str) -> str:
     return str(path)
 
 
+def literal_path(path: str | Path) -> str:
+    """`path` as a DuckDB file pattern that matches only itself: DuckDB globs every path it
+    reads, so `exp[1]/a.parquet` would read `exp1/a.parquet`; a `[`, `*` or `?` becomes a
+    one-character class (`[[]`)."""
+    return re.sub(r"([\[*?])", r"[\1]", str(path))
+
+
 def is_query(text: str) -> bool:
     """True when `text` parses as SQL: how `curate sql` tells its query from its run folders,
     without handing the query text to the file system (a path does not parse: "runs/a")."""
@@ -72,7 +80,7 @@ def run_files(run_dirs: list[str | Path]) -> dict[str, list[str]]:
     found = {}
     for variable, (pattern, _) in FILES.items():
         files = sorted(str(p.resolve()) for d in run_dirs for p in Path(d).glob(pattern))
-        found[variable] = files or [_empty_file(variable)]
+        found[variable] = [literal_path(f) for f in files or [_empty_file(variable)]]
     return found
 
 
@@ -95,8 +103,8 @@ def connect(
         con.execute(view_file.read_text())
     if not allow_files:
         readable = {str(Path(d).resolve()) for d in run_dirs}
-        readable |= {str(Path(f[0]).parent) for f in found.values() if f}  # the empty files
-        _lock(con, sorted(readable))
+        readable |= {str(Path(_empty_file(v)).parent) for v in FILES}
+        _lock(con, sorted(readable | {literal_path(d) for d in readable}))  # checked as given
     return con
 
 

@@ -413,3 +413,27 @@ def test_annotations_add_dfn_and_concepts_and_can_be_filtered_on(run_dir, tmp_pa
     rows = [json.loads(x) for x in (out / "00000.jsonl").read_text().splitlines()]
     assert [(r["sample_id"], r["concepts"]) for r in rows] == [(0, ["red", "square"]), (3, ["red"])]
     assert rows[0]["scores"]["dfn"] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("name", ["exp[1]", "exp*", "exp?"])
+def test_run_folders_with_glob_characters_mean_themselves(tmp_path, name):
+    """DuckDB globs the paths it reads: `exp[1]` beside `exp1` showed and exported exp1's rows."""
+    import shutil
+
+    from curation import sql
+    from curation.pipeline import select
+
+    ours = make_run(tmp_path / "a")
+    other = make_run(tmp_path / "b")
+    (other / "shards" / "00001.parquet").unlink()  # the neighbour has fewer curated rows
+    shutil.move(ours, tmp_path / name)
+    shutil.move(other, tmp_path / "exp1")
+    run = tmp_path / name
+    con = sql.connect(run)
+    assert con.execute("SELECT count(*), any_value(run_id) FROM samples").fetchone() == (4, name)
+    assert ex.export(run, tmp_path / "out")["counts"]["rows"] == 4
+    write([], schema.ANNOTATIONS, run / "annotations" / "00000.parquet")
+    write(
+        [{"sample_id": 0}], schema.ANNOTATIONS, tmp_path / "exp1" / "annotations" / "00000.parquet"
+    )
+    assert select.connect(run).execute("SELECT count(*) FROM annotations").fetchone() == (0,)

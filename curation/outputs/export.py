@@ -192,7 +192,7 @@ def _point_at(con: duckdb.DuckDBPyConnection, file: Path | None) -> None:
     if file is None:
         con.register("export_shard", schema.CURATED.empty_table())
     else:
-        con.read_parquet(str(file)).create_view("export_shard", replace=True)
+        con.read_parquet(sql.literal_path(file)).create_view("export_shard", replace=True)
     con.execute(sql.load("export_rows"))
 
 

@@ -480,7 +480,7 @@ def raw_images(con, run_dir: Path, recs: list[dict]) -> dict[int, bytes]:
     """Downloaded bytes of rejected samples, read from the raw shards that hold them only."""
     shards = {r["shard"] for r in recs if r.get("shard") is not None}
     files = [RunDir(run_dir).shard_file("raw", s) for s in sorted(shards)]
-    files = [str(f) for f in files if f.exists()]
+    files = [sql.literal_path(f) for f in files if f.exists()]
     if not files:
         return {}
     ids = [r["sample_id"] for r in recs]

@@ -198,7 +198,7 @@ def _ahead(fn: Callable, items: Iterable, num_workers: int, depth: int = 2) -> I
 def connect(run_dir: RunDir | str | Path) -> duckdb.DuckDBPyConnection:
     """DuckDB with an ``annotations`` view over the run's annotations (empty if none)."""
     con = duckdb.connect()
-    files = [str(p) for p in RunDir.of(run_dir).shard_files("annotations")]
+    files = [sql.literal_path(p) for p in RunDir.of(run_dir).shard_files("annotations")]
     if files:
         con.read_parquet(files).create_view("annotations")
     else:
