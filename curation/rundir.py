@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SHARD_KINDS = ("input", "raw", "capfilt", "annotations", "decisions", "shards", "rejects")
+# The per-shard steps in run order, by the names of their marker folders (`pipeline.steps`).
+SHARD_STEPS = ("download", "capfilt", "annotate", "select")
 
 
 def shard_name(shard: int) -> str:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from curation import schema, sql
 from curation.pipeline import calibration
-from curation.rundir import RunDir
+from curation.rundir import SHARD_STEPS, RunDir
 
 FUNNEL = {"stages": list(schema.REJECT_STAGES)}
 SECTIONS = [
@@ -52,12 +52,23 @@ def selection_sections(run_dir: Path) -> list[tuple[str, str, dict]]:
     return sections
 
 
+def progress(run: RunDir) -> str | None:
+    """One line for a run that has not finished (stopped, or still going): the shards each
+    step has done, so the tables below read as "so far". None for a finished run."""
+    if run.manifest.exists():
+        return None
+    shards = run.read_json(run.run_json).get("shards", "?")
+    done = ", ".join(f"{step} {len(run.markers(step))}/{shards}" for step in SHARD_STEPS)
+    return f"Run not finished; shards done per step: {done}. The numbers below cover those."
+
+
 def report(run_dir: str | Path) -> str:
     """All sections as text."""
     con = sql.connect(run_dir)
     run = RunDir.of(run_dir)
     calibrated = run.read_json(run.run_json).get("calibration")
-    parts = [f"ITM threshold: {calibration.describe(calibrated)}"] if calibrated else []
+    parts = [line] if (line := progress(run)) else []
+    parts += [f"ITM threshold: {calibration.describe(calibrated)}"] if calibrated else []
     for title, name, params in SECTIONS + selection_sections(run_dir):
         columns, rows = sql.query(con, name, **params)
         body = format_table(columns, rows) if rows else "(none)"

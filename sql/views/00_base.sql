@@ -32,7 +32,13 @@ SELECT
     CAST(regexp_extract(filename, '(\d+)\.json$', 1) AS INTEGER) AS shard,
     * EXCLUDE (filename)
 FROM read_json(getvariable('markers_files'), filename = true, union_by_name = true,
-               format = 'auto');
+               format = 'auto')
+-- A run stopped early has markers of its first steps only: the later steps' counts are NULL.
+UNION ALL BY NAME
+SELECT NULL::VARCHAR AS run_id, NULL::VARCHAR AS step, NULL::INTEGER AS shard,
+       NULL::BIGINT AS rows, NULL::BIGINT AS passed, NULL::BIGINT AS curated,
+       NULL::BIGINT AS images, NULL::DOUBLE AS seconds
+WHERE false;
 
 -- One row per run: its manifest (configuration, versions, counts, timings).
 CREATE OR REPLACE VIEW runs AS
