@@ -3,6 +3,7 @@ name, so a completion marker (written last, `pipeline.steps.run_step`) can be tr
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -29,13 +30,18 @@ def write_json(data: dict, path: Path) -> None:
     write_text(json.dumps(data, indent=2, sort_keys=True, default=str), path)
 
 
-def remove_partial_files(run_dir: Path) -> int:
-    """Delete temporary files a killed writer left behind; returns how many.
+def remove_partial_files(folders: list[Path]) -> int:
+    """Delete the temporary files a killed writer of ours left in `folders` (not below them):
+    names as these functions make them, `.<name>.tmp-<pid>`; returns how many.
 
-    Call only while nothing writes to `run_dir` (at the start of a run): a live writer's
-    temporary file looks the same.
+    Call only while nothing writes there (at the start of a run): a live writer's temporary
+    file looks the same.
     """
-    partial = list(Path(run_dir).rglob(".*.tmp-*"))
+    partial = [p for folder in folders for p in Path(folder).glob(".*.tmp-*") if _ours(p.name)]
     for path in partial:
         path.unlink(missing_ok=True)
     return len(partial)
+
+
+def _ours(name: str) -> bool:
+    return re.fullmatch(r"\..+\.tmp-\d+", name) is not None

@@ -99,6 +99,12 @@ class RunDir:
     def is_run(self) -> bool:
         return self.run_json.is_file()
 
+    def own_folders(self) -> list[Path]:
+        """The folders the run writes files into: the only ones its partial-file cleaner
+        looks in (a user's `sub/.draft.tmp-7` elsewhere is not ours)."""
+        done = [p for p in (self.root / "_done").glob("*") if p.is_dir()]
+        return [self.root, *(self.root / kind for kind in SHARD_KINDS), *done]
+
 
 @dataclass(frozen=True)
 class LoopDir:

@@ -74,6 +74,60 @@ def test_rerun_skips_finished_shards_and_changes_nothing(curated_run):
     assert not list(run_dir.rglob(".*.tmp-*"))  # no temporary files left behind
 
 
+@pytest.mark.parametrize(
+    "make_out, message",
+    [
+        (lambda root: (root / "afile").write_text("x") and root / "afile", "is a file"),
+        (lambda root: (root / "afile").write_text("x") and root / "afile" / "run", "cannot write"),
+        (lambda root: root, "holds the input"),
+        (lambda root: foreign_folder(root / "mine"), "holds files that are not a curation run"),
+    ],
+)
+def test_an_out_folder_the_run_must_not_write_is_refused_in_one_line(
+    tmp_path, tiny_models, capsys, make_out, message
+):
+    pq.write_table(
+        pa.table({"url": ["http://127.0.0.1:9/a.jpg"], "caption": ["a"]}), tmp_path / "urls.parquet"
+    )
+    (tmp_path / "cfg.toml").write_text("")
+    out = make_out(tmp_path)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert cli.main(run_argv(tmp_path, out, tiny_models)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written, nothing removed
+
+
+def foreign_folder(root):
+    """A folder of the user's: a note, a Parquet file and two temporary files of other tools."""
+    (root / "shards").mkdir(parents=True)
+    (root / "important.txt").write_text("keep")
+    pq.write_table(pa.table({"x": [1]}), root / "shards" / "foreign.parquet")
+    (root / ".cache.tmp-1").write_text("theirs")
+    (root / "sub").mkdir()
+    (root / "sub" / ".draft.tmp-7").write_text("theirs")
+    return root
+
+
+def test_a_rerun_removes_only_its_own_partial_files(curated_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(curated_run[0], run_dir)
+    theirs = [run_dir / "notes" / ".draft.tmp-7", run_dir / "shards" / ".mine.tmp-x"]
+    ours = [
+        run_dir / "shards" / ".00000.parquet.tmp-123",
+        run_dir / "_done" / "capfilt" / ".00000.json.tmp-9",
+    ]
+    for path in theirs + ours:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("partial")
+    argv = list(curated_run[3])
+    argv[argv.index("--out") + 1] = str(run_dir)
+    assert cli.main(argv) == 0
+    assert all(p.exists() for p in theirs) and not any(p.exists() for p in ours)
+
+
 def test_stats_of_a_run_stopped_after_its_downloads_shows_how_far_it_got(
     curated_run, tmp_path, capsys
 ):

@@ -5,6 +5,7 @@ up (manifest, `curate runs`). The steps in between are `pipeline.steps`; the lay
 
 import hashlib
 import json
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -47,6 +48,32 @@ def _fingerprint(spec: RunSpec, cfg: RunConfig) -> str:
     return digest.hexdigest()
 
 
+def check_out_dir(root: str | Path, inputs: list[str | Path]) -> None:
+    """Refuse, in one line, an `--out` the run cannot or must not write: a file, a folder
+    holding something that is not a run, one holding an input (its manifest would overwrite
+    it), or one this process cannot write. Creates the folder when it is missing.
+
+    Raises:
+        RunDirError: naming the folder and the problem.
+    """
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise RunDirError(f"--out {root} is a file, not a folder")
+    for given in inputs:
+        if Path(given).resolve().is_relative_to(root.resolve()):
+            raise RunDirError(f"--out {root} holds the input {given}; write the run elsewhere")
+    if root.is_dir() and not RunDir(root).is_run() and any(root.iterdir()):
+        raise RunDirError(
+            f"--out {root} holds files that are not a curation run; give a new or empty folder"
+        )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as err:
+        raise RunDirError(f"cannot write to --out {root}: {err.strerror or err}") from None
+
+
 def prepare(spec: RunSpec, cfg: RunConfig) -> list[int]:
     """Validate the URL list, cut it into input shards (once) and return the shard numbers.
 
@@ -56,7 +83,7 @@ def prepare(spec: RunSpec, cfg: RunConfig) -> list[int]:
     """
     run_dir, fingerprint = spec.run_dir, _fingerprint(spec, cfg)
     if run_dir.run_json.exists():
-        io.remove_partial_files(run_dir.root)  # a killed run's half-written files
+        io.remove_partial_files(run_dir.own_folders())  # a killed run's half-written files
         known = json.loads(run_dir.run_json.read_text())
         if known["fingerprint"] != fingerprint:
             raise RunDirError(
