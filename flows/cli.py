@@ -90,13 +90,14 @@ def cmd_run(args) -> int:
     check_scale_out(args)
     cfg, caption_col = checked_run_config(args)
     from curation.pipeline import calibration
-    from curation.pipeline.run import RunSpec, check_out_dir
+    from curation.pipeline.run import RunSpec, check_out_dir, exclusive
     from flows.curate import curate_on
 
     spec = RunSpec(args.urls, args.out, args.url_col, caption_col, cfg.to_dict())
     spec = calibration.calibrated(spec)  # "auto" without a calibrated filter: refused now
     check_out_dir(args.out, [f for f in (args.urls, args.config) if f and Path(f).exists()])
-    curate_on(spec, args.workers or 0, args.cluster)
+    with exclusive(args.out):  # before Prefect starts: a second run is refused, not raced
+        curate_on(spec, args.workers or 0, args.cluster)
     print(stats.report(args.out))
     return 0
 

@@ -98,6 +98,23 @@ def test_an_out_folder_the_run_must_not_write_is_refused_in_one_line(
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written, nothing removed
 
 
+def test_a_second_writer_of_a_run_is_refused_naming_the_first(tmp_path, tiny_models, capsys):
+    """Two runs on one --out at once: one's start-up cleanup deleted the other's live files."""
+    import os
+
+    pq.write_table(
+        pa.table({"url": ["http://127.0.0.1:9/a"], "caption": ["a"]}), tmp_path / "urls.parquet"
+    )
+    (tmp_path / "cfg.toml").write_text("")
+    out = tmp_path / "run"
+    out.mkdir()
+    with run.exclusive(out):  # as a live `curate run` holds it
+        assert cli.main(run_argv(tmp_path, out, tiny_models)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"another curate process (pid {os.getpid()})" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == [run.LOCK]  # nothing written, pid file gone
+
+
 def foreign_folder(root):
     """A folder of the user's: a note, a Parquet file and two temporary files of other tools."""
     (root / "shards").mkdir(parents=True)

@@ -5,11 +5,15 @@ up (manifest, `curate runs`). The steps in between are `pipeline.steps`; the lay
 
 import hashlib
 import json
+import os
 import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from curation import io, schema
 from curation.config import ConfigError, RunConfig, from_dict
@@ -48,6 +52,36 @@ def _fingerprint(spec: RunSpec, cfg: RunConfig) -> str:
     return digest.hexdigest()
 
 
+LOCK = ".curate.lock"  # held while a curate process writes the run (fcntl, via filelock)
+LOCK_PID = ".curate.lock.pid"  # the holder's pid, for the refusal message
+
+
+@contextmanager
+def exclusive(root: str | Path):
+    """Hold the run directory's lock for the block: one writer at a time, released when the
+    process ends however it ends (the kernel drops the flock).
+
+    Raises:
+        RunDirError: another live process holds it; the message names its pid.
+    """
+    root = Path(root)
+    lock = FileLock(root / LOCK)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        holder = (root / LOCK_PID).read_text().strip() if (root / LOCK_PID).exists() else "?"
+        raise RunDirError(
+            f"--out {root} is being written by another curate process (pid {holder}); "
+            "wait for it to finish or stop it"
+        ) from None
+    try:
+        (root / LOCK_PID).write_text(str(os.getpid()))
+        yield
+    finally:
+        (root / LOCK_PID).unlink(missing_ok=True)
+        lock.release()
+
+
 def check_out_dir(root: str | Path, inputs: list[str | Path]) -> None:
     """Refuse, in one line, an `--out` the run cannot or must not write: a file, a folder
     holding something that is not a run, one holding an input (its manifest would overwrite
@@ -62,7 +96,7 @@ def check_out_dir(root: str | Path, inputs: list[str | Path]) -> None:
     for given in inputs:
         if Path(given).resolve().is_relative_to(root.resolve()):
             raise RunDirError(f"--out {root} holds the input {given}; write the run elsewhere")
-    if root.is_dir() and not RunDir(root).is_run() and any(root.iterdir()):
+    if root.is_dir() and not RunDir(root).is_run() and _holds_other_files(root):
         raise RunDirError(
             f"--out {root} holds files that are not a curation run; give a new or empty folder"
         )
@@ -72,6 +106,10 @@ def check_out_dir(root: str | Path, inputs: list[str | Path]) -> None:
             pass
     except OSError as err:
         raise RunDirError(f"cannot write to --out {root}: {err.strerror or err}") from None
+
+
+def _holds_other_files(root: Path) -> bool:
+    return any(p.name not in (LOCK, LOCK_PID) for p in root.iterdir())
 
 
 def prepare(spec: RunSpec, cfg: RunConfig) -> list[int]:
