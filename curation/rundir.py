@@ -99,6 +99,14 @@ class RunDir:
     def is_run(self) -> bool:
         return self.run_json.is_file()
 
+    def holds_data(self, path: str | Path) -> bool:
+        """Whether writing `path` could overwrite or add to the run's data: a path in one of
+        its data folders, or one of its JSON files (a report or export must go elsewhere)."""
+        path, root = Path(path).resolve(), self.root.resolve()
+        folders = [root / kind for kind in SHARD_KINDS] + [root / "_done"]
+        files = [self.run_json, self.manifest, self.selection]
+        return any(path.is_relative_to(f) for f in folders) or path in [f.resolve() for f in files]
+
     def own_folders(self) -> list[Path]:
         """The folders the run writes files into: the only ones its partial-file cleaner
         looks in (a user's `sub/.draft.tmp-7` elsewhere is not ours)."""

@@ -342,6 +342,13 @@ def test_a_predicate_cannot_reach_the_file_system(run_dir, tmp_path, where):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("inside", ["_done/exp", "shards/new", "input/more"])
+def test_an_export_inside_the_runs_data_is_refused(run_dir, inside):
+    with pytest.raises(ex.ExportError, match="inside the run's data"):
+        ex.export(run_dir, run_dir / inside)
+    assert not (run_dir / inside).exists()
+
+
 def test_bad_output_folder_run_folder_or_format_is_refused(run_dir, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ex.ExportError, match="is a file"):

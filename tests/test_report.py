@@ -53,6 +53,15 @@ def test_report_is_written_to_the_run_by_default(run_dir, tmp_path):
         report.write_report(tmp_path / "typo")
 
 
+@pytest.mark.parametrize("inside", ["shards/00001.parquet", "_done/exp", "manifest.json"])
+def test_a_report_inside_the_runs_data_is_refused(run_dir, inside):
+    """`--out RUN/shards/00001.parquet` made `curate stats` crash afterwards."""
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(report.ReportError, match="inside the run's data"):
+        report.write_report(run_dir, run_dir / inside)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
 def test_report_is_self_contained_and_escapes_hostile_text(run_dir):
     page = report.write_report(run_dir).read_text()
     tags = Tags(page).tags

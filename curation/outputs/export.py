@@ -119,6 +119,8 @@ def export(
     _check_options(fmt, shard_size, caption)
     _check_run_dir(run_dir)
     _check_out_dir(out_dir)
+    if RunDir(run_dir).holds_data(out_dir):
+        raise ExportError(f"export folder {out_dir} is inside the run's data; export elsewhere")
     con = sql.connect(run_dir)
     plan = make_plan(con, run_dir, where, fmt, caption)
     out_dir.mkdir(parents=True, exist_ok=True)

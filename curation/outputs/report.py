@@ -103,6 +103,8 @@ def write_report(run_dir: str | Path, out_file: str | Path | None = None) -> Pat
     if not run.is_run():  # an unfinished run is fine: a progress view
         raise ReportError(f"{run.root} is not a curation run (no run.json)")
     out = Path(out_file) if out_file else run.report
+    if run.holds_data(out):
+        raise ReportError(f"--out {out} is inside the run's data; write the report elsewhere")
     page = render(run_dir)
     io.write_text(page, out)
     return out
