@@ -8,6 +8,7 @@ built from strings at run time.
 
 import atexit
 import base64
+import hashlib
 import json
 import os
 import re
@@ -46,17 +47,34 @@ def load(name: str) -> str:
 
 @cache
 def _empty_file(variable: str) -> str:
-    """A zero-row file standing in for a table that has no files yet (a view must bind)."""
-    folder = Path(tempfile.mkdtemp(prefix="curate-empty-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # cached for the process's life
+    """A zero-row file standing in for a table that has no files yet (a view must bind).
+
+    Kept in one folder per user, named by variable and schema, written once and reused: a
+    folder per process leaked whenever a process was killed.
+    """
     _, table_schema = FILES[variable]
-    if table_schema is None:
-        path = folder / "empty.json"
-        path.write_text("")
-    else:
-        path = folder / "empty.parquet"
-        pq.write_table(table_schema.empty_table(), path)
+    digest = hashlib.sha256(str(table_schema).encode()).hexdigest()[:12]
+    path = _empty_folder() / f"{variable}-{digest}.{'json' if table_schema is None else 'parquet'}"
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        if table_schema is None:
+            tmp.write_text("")
+        else:
+            pq.write_table(table_schema.empty_table(), tmp)
+        os.replace(tmp, path)
     return str(path)
+
+
+def _empty_folder() -> Path:
+    """This user's folder for the empty files, private to them; a fresh one should another
+    user own the name (their files must not become our tables)."""
+    folder = Path(tempfile.gettempdir()) / f"curate-empty-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.lstat()
+    if folder.is_symlink() or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        folder = Path(tempfile.mkdtemp(prefix="curate-empty-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def literal_path(path: str | Path) -> str:

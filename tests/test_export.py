@@ -8,6 +8,7 @@ trainer would use (webdataset, pyarrow, json).
 import hashlib
 import io
 import json
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -444,3 +445,15 @@ def test_run_folders_with_glob_characters_mean_themselves(tmp_path, name):
         [{"sample_id": 0}], schema.ANNOTATIONS, tmp_path / "exp1" / "annotations" / "00000.parquet"
     )
     assert select.connect(run).execute("SELECT count(*) FROM annotations").fetchone() == (0,)
+
+
+def test_empty_stand_in_tables_live_in_one_private_folder_per_user(tmp_path, monkeypatch):
+    """A folder per process leaked on every kill; another user's folder must not be trusted."""
+    from curation import sql
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    first = sql._empty_folder()
+    assert first == sql._empty_folder() and first.parent == tmp_path
+    assert first.stat().st_mode & 0o777 == 0o700
+    first.chmod(0o777)  # as if someone else could write there
+    assert sql._empty_folder() != first
