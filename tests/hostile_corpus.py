@@ -9,6 +9,7 @@ Outcomes: "curated", a `schema.Reason` value, or for a URL list "exit 2" with a 
 the one-line error.
 """
 
+import gzip
 import io
 import struct
 import zlib
@@ -137,9 +138,77 @@ WEB = [
         "url",
         "{base}/slow.jpg",
         "download_failed",
-        detail="timed out",
+        detail="deadline",
         route=(200, "image/jpeg", BLUE, 3 * TIMEOUT),
         why="answers after 3x the timeout",
+    ),
+    Case(
+        "drip",
+        "url",
+        "{base}/drip.jpg",
+        "download_failed",
+        detail="deadline",
+        route=(200, "image/jpeg", BLUE, {"drip": 20}),
+        why="20 bytes/s: every read within the timeout, the whole body 15x over it",
+    ),
+    Case(
+        "cut_body",
+        "url",
+        "{base}/cut.jpg",
+        "download_failed",
+        detail=f"incomplete body: 400 of {len(BLUE)} bytes",
+        route=(200, "image/jpeg", BLUE, {"send": 400}),
+    ),
+    Case(
+        "gzip_encoded",
+        "url",
+        "{base}/gzip.jpg",
+        "curated",
+        route=(200, "image/jpeg", gzip.compress(BLUE), {"headers": {"Content-Encoding": "gzip"}}),
+        why="decoded as a browser does",
+    ),
+    Case(
+        "gzip_chunked",
+        "url",
+        "{base}/gzip-chunked.jpg",
+        "curated",
+        route=(
+            200,
+            "image/jpeg",
+            gzip.compress(BLUE),
+            {"headers": {"Content-Encoding": "gzip"}, "chunked": True},
+        ),
+    ),
+    Case(
+        "brotli_encoded",
+        "url",
+        "{base}/br.jpg",
+        "download_failed",
+        detail="content encoding br is not supported",
+        route=(200, "image/jpeg", BLUE, {"headers": {"Content-Encoding": "br"}}),
+    ),
+    Case(
+        "gzip_bomb",
+        "url",
+        "{base}/bomb.jpg",
+        "download_failed",
+        detail="once decoded",
+        route=(
+            200,
+            "image/jpeg",
+            gzip.compress(bytes(HUGE)),
+            {"headers": {"Content-Encoding": "gzip"}},
+        ),
+        why="3 KB that decode to 3 MB, past max_bytes",
+    ),
+    Case(
+        "rate_limited",
+        "url",
+        "{base}/busy.jpg",
+        "download_failed",
+        detail="429",
+        route=(200, "image/jpeg", BLUE, {"fail_first": 1}),
+        why="waits Retry-After (1 s); the hostile run does not retry",
     ),
     Case(
         "connection_refused",

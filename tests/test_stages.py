@@ -247,3 +247,157 @@ def test_safe_fetch_caps_body_size_and_content_type(web):
         guarded.open(web.base_url + "/page.html", timeout=5)
     with pytest.raises(OSError, match="non-http"):
         guarded.open(web.base_url + "/to-ftp.jpg", timeout=5)
+
+
+@pytest.fixture(scope="module")
+def fetch_web():
+    """Routes that break HTTP as real servers do (drip, cut bodies, encodings, rate limits)."""
+    import gzip
+    import zlib
+
+    from curation.world.webserver import Routes, Server
+
+    jpeg = encode(Image.new("RGB", (32, 32), (10, 120, 240)), "JPEG")
+    deflated = zlib.compress(jpeg)
+    routes = Routes(
+        {
+            "/drip.jpg": (200, "image/jpeg", jpeg, {"drip": 20}),
+            "/cut.jpg": (200, "image/jpeg", jpeg, {"send": 400}),
+            "/gzip.jpg": (200, "image/jpeg", gzip.compress(jpeg), {"headers": GZIP}),
+            "/gzip-chunked.jpg": (
+                200,
+                "image/jpeg",
+                gzip.compress(jpeg),
+                {"headers": GZIP, "chunked": True},
+            ),
+            "/deflate.jpg": (
+                200,
+                "image/jpeg",
+                deflated,
+                {"headers": {"Content-Encoding": "deflate"}},
+            ),
+            "/br.jpg": (200, "image/jpeg", jpeg, {"headers": {"Content-Encoding": "br"}}),
+            "/bomb.jpg": (200, "image/jpeg", gzip.compress(bytes(3_000_000)), {"headers": GZIP}),
+            "/busy.jpg": (200, "image/jpeg", jpeg, {"fail_first": 1}),
+            "/good.jpg": (200, "image/jpeg", jpeg),
+        }
+    )
+    server = Server(routes)
+    yield server, jpeg
+    server.close()
+
+
+GZIP = {"Content-Encoding": "gzip"}
+
+
+def test_a_request_ends_within_its_deadline_however_slowly_the_server_drips(fetch_web):
+    from curation.pipeline import safe_fetch
+
+    web, _ = fetch_web
+    opener = safe_fetch.opener(allow_private=True, max_bytes=10**6)
+    # each byte comes well within the 1 s socket timeout; the whole body would take 30 s
+    with pytest.raises(OSError, match="within the 1 s deadline"):
+        opener.open(web.base_url + "/drip.jpg", timeout=1).read()
+
+
+def test_a_body_shorter_than_its_length_is_a_failure(fetch_web):
+    from curation.pipeline import safe_fetch
+
+    web, jpeg = fetch_web
+    opener = safe_fetch.opener(allow_private=True, max_bytes=10**6)
+    with pytest.raises(OSError, match=f"incomplete body: 400 of {len(jpeg)} bytes"):
+        opener.open(web.base_url + "/cut.jpg", timeout=5)
+
+
+@pytest.mark.parametrize("path", ["/gzip.jpg", "/gzip-chunked.jpg", "/deflate.jpg"])
+def test_gzip_and_deflate_bodies_are_decoded(fetch_web, path):
+    from curation.pipeline import safe_fetch
+
+    web, jpeg = fetch_web
+    opener = safe_fetch.opener(allow_private=True, max_bytes=10**6)
+    assert opener.open(web.base_url + path, timeout=5).read() == jpeg
+
+
+def test_unknown_encodings_and_decoded_bombs_are_refused_by_name(fetch_web):
+    from curation.pipeline import safe_fetch
+
+    web, _ = fetch_web
+    opener = safe_fetch.opener(allow_private=True, max_bytes=2_000_000)
+    with pytest.raises(OSError, match="content encoding br is not supported"):
+        opener.open(web.base_url + "/br.jpg", timeout=5)
+    with pytest.raises(OSError, match="larger than 2000000 bytes once decoded"):
+        opener.open(web.base_url + "/bomb.jpg", timeout=5)
+
+
+def test_a_rate_limited_answer_waits_for_retry_after_before_the_retry(fetch_web):
+    import time
+    import urllib.error
+
+    from curation.pipeline import safe_fetch
+
+    web, jpeg = fetch_web
+    opener = safe_fetch.opener(allow_private=True, max_bytes=10**6)
+    started = time.monotonic()
+    with pytest.raises(urllib.error.HTTPError, match="429"):
+        opener.open(web.base_url + "/busy.jpg", timeout=5)
+    assert time.monotonic() - started >= 1.0  # Retry-After: 1, then the downloader retries
+    assert opener.open(web.base_url + "/busy.jpg", timeout=5).read() == jpeg
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "::ffff:127.0.0.1",  # IPv4-mapped
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254, the cloud metadata address
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+        "::10.0.0.1",  # IPv4-compatible
+        "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo, client 10.0.0.1
+        "192.0.0.8",  # IETF protocol assignments
+    ],
+)
+def test_addresses_embedding_a_private_ipv4_are_not_public(address):
+    from curation.pipeline import safe_fetch
+
+    assert not safe_fetch.is_public(address)
+
+
+def test_public_addresses_stay_public():
+    from curation.pipeline import safe_fetch
+
+    assert safe_fetch.is_public("8.8.8.8") and safe_fetch.is_public("2606:4700::1111")
+    assert safe_fetch.is_public("64:ff9b::808:808")  # NAT64 of 8.8.8.8
+
+
+def test_through_a_proxy_the_destination_is_still_checked(fetch_web, monkeypatch):
+    """With http_proxy set, the connection goes to the proxy: the guard must judge the URL."""
+    from curation.pipeline import safe_fetch
+
+    web, _ = fetch_web
+    monkeypatch.setenv("http_proxy", web.base_url)  # a loopback "proxy" the user configured
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    opener = safe_fetch.opener(allow_private=False, max_bytes=10**6)
+    with pytest.raises(OSError, match="blocked address: 169.254.169.254"):
+        opener.open("http://169.254.169.254/latest/meta-data/", timeout=5)
+
+
+@pytest.mark.parametrize(
+    "url, sent",
+    [
+        ("http://пример.рф/x.jpg", "http://xn--e1afmkfd.xn--p1ai/x.jpg"),
+        (
+            "http://u:p@Bücher.example:8080/ä?q=ü",
+            "http://u:p@xn--bcher-kva.example:8080/%C3%A4?q=%C3%BC",
+        ),
+        ("http://127.0.0.1:8080/ä.jpg", "http://127.0.0.1:8080/%C3%A4.jpg"),
+        ("http://[::1]/x.jpg", "http://[::1]/x.jpg"),
+    ],
+)
+def test_urls_are_sent_as_a_browser_sends_them(url, sent):
+    """An internationalised host failed with "'latin-1' codec can't encode" and no lookup."""
+    assert download.fetchable(url) == sent
+
+
+def test_a_host_idna_cannot_encode_is_an_invalid_url():
+    reason, detail = download.check_url("http://a\u0378b.example/x.jpg", True)  # unassigned
+    assert reason == "invalid_url" and "internationalised name" in detail

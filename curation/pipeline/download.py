@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import idna
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -63,6 +64,10 @@ def check_url(url: str | None, allow_private_network: bool) -> tuple[str, str] |
         return "invalid_url", f"only http(s) URLs with a host are fetched, got {url!r:.200}"
     if _UNSAFE_CHARS.search(url.strip()):  # urlsplit drops some of them: check the URL itself
         return "invalid_url", f"whitespace or control character inside the URL {url!r:.200}"
+    try:
+        host = ascii_host(host) if not host.isascii() else host
+    except ValueError as err:
+        return "invalid_url", str(err)
     if allow_private_network:
         return None
     try:
@@ -162,14 +167,29 @@ def _raw_rows(table: pa.Table, fetched: pa.Table | None, refused: dict) -> pa.Ta
 
 
 def fetchable(url: str) -> str:
-    """`url` as a browser sends it: non-ASCII characters of the path and query percent-encoded
-    as UTF-8 (RFC 3987), which urllib does not do. A non-ASCII host is left to http.client,
-    which IDNA-encodes it."""
+    """`url` as a browser sends it: a non-ASCII host IDNA-encoded (UTS 46, as browsers map it:
+    `пример.рф` -> `xn--e1afmkfd.xn--p1ai`) and non-ASCII characters of the path and query
+    percent-encoded as UTF-8 (RFC 3987); urllib does neither.
+
+    Raises:
+        ValueError: a host IDNA cannot encode (the row's `invalid_url`).
+    """
     if url.isascii():
         return url
     parts = urlsplit(url.strip())
+    userinfo, at, host_port = parts.netloc.rpartition("@")
+    host, colon, port = host_port.partition(":")  # a non-ASCII host is no [IPv6] literal
+    netloc = f"{userinfo}{at}{host if host.isascii() else ascii_host(host)}{colon}{port}"
     path, query = (_NON_ASCII.sub(lambda run: quote(run.group()), p) for p in parts[2:4])
-    return urlunsplit(parts._replace(path=path, query=query))
+    return urlunsplit(parts._replace(netloc=netloc, path=path, query=query))
+
+
+def ascii_host(host: str) -> str:
+    """`host` in its ASCII (IDNA, UTS 46) form; raises ValueError when it has none."""
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError as err:
+        raise ValueError(f"host {host!r} is not a valid internationalised name: {err}") from None
 
 
 def download_shard(table: pa.Table, cfg: DownloadConfig) -> pa.Table:

@@ -8,30 +8,67 @@ from pathlib import Path
 
 
 class Routes(dict):
-    """path -> (status, content type, body[, delay]); for a 3xx status the body is the Location.
+    """path -> (status, content type, body[, delay or options]); for a 3xx status the body is
+    the Location.
 
-    `delay` (seconds, optional) is waited before answering: a route slower than the client's
-    timeout tests timeouts.
+    `delay` (seconds) is waited before answering: a route slower than the client's timeout
+    tests timeouts. `options` (a dict) may hold `delay`, `headers` (extra headers), `chunked`
+    (send the body with Transfer-Encoding: chunked), `send` (send only the body's first bytes,
+    then close: a body cut short), `drip` (bytes per second: a server that trickles) and
+    `fail_first` (answer that many requests with 429 and `Retry-After: 1` first).
     """
 
 
+def _options(extra: list) -> dict:
+    if not extra:
+        return {}
+    return extra[0] if isinstance(extra[0], dict) else {"delay": extra[0]}
+
+
 def _handler(routes: Routes):
+    asked = {}  # path -> requests so far (fail_first)
+
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # chunked bodies need it
+
         def do_GET(self):  # noqa: N802 -- http.server's naming
-            status, content_type, body, *delay = routes.get(
+            status, content_type, body, *extra = routes.get(
                 self.path, (404, "text/plain", b"not found")
             )
-            time.sleep(delay[0] if delay else 0)
+            options = _options(extra)
+            asked[self.path] = asked.get(self.path, 0) + 1
+            if asked[self.path] <= options.get("fail_first", 0):
+                status, content_type, body = 429, "text/plain", b"slow down"
+                options = {"headers": {"Retry-After": "1"}}
+            time.sleep(options.get("delay", 0))
             try:
-                self.send_response(status)
-                if 300 <= status < 400:
-                    self.send_header("Location", body.decode())
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self._answer(status, content_type, body, options)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout, body too large): its side is what is tested
+            self.close_connection = True
+
+        def _answer(self, status: int, content_type: str, body: bytes, options: dict):
+            self.send_response(status)
+            if 300 <= status < 400:
+                self.send_header("Location", body.decode())
+            self.send_header("Content-Type", content_type)
+            for name, value in options.get("headers", {}).items():
+                self.send_header(name, value)
+            if options.get("chunked"):
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            sent = body[: options.get("send", len(body))]
+            if options.get("chunked"):
+                sent = f"{len(sent):x}\r\n".encode() + sent + b"\r\n0\r\n\r\n"
+            if "drip" in options:
+                for i in range(len(sent)):
+                    self.wfile.write(sent[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(1 / options["drip"])
+            else:
+                self.wfile.write(sent)
 
         def log_message(self, *args):  # keep test output clean
             pass
