@@ -31,7 +31,7 @@ class ShardingConfig:
 
 @dataclass
 class DownloadConfig:
-    timeout: int = 10  # seconds per request (img2dataset's default)
+    timeout: int = 10  # seconds per request, whole (img2dataset's default; safe_fetch's deadline)
     retries: int = 0  # a retry rarely rescues a dead web URL and doubles the time spent on it
     thread_count: int = 32  # concurrent requests per shard; downloads are I/O bound
     allow_private_network: bool = False  # refuse loopback/private/link-local targets (SSRF)

@@ -13,6 +13,7 @@ A curation run (`curate run --out RUN_DIR`), deterministic paths so a rerun find
     rejects/<step>-00000.parquet  every input row that did not make it (schema.REJECTS)
     _done/<step>/00000.json  completion marker with the step's counts and timings
     manifest.json            configuration, versions, counts per stage and reason, timings
+    retries.json             `--retry-failed` attempts: downloads fetched again, recovered
     report.html              `curate report`
 
 A bootstrap loop (`curate bootstrap --out OUT`, see `LoopDir`) holds curation runs and models.
@@ -62,6 +63,11 @@ class RunDir:
     def report(self) -> Path:
         return self.root / "report.html"
 
+    @property
+    def retries(self) -> Path:
+        """`curate run --retry-failed` attempts: rows fetched again and recovered."""
+        return self.root / "retries.json"
+
     def shard_file(self, kind: str, shard: int, step: str = "") -> Path:
         """KIND/00000.parquet; rejects are named after the step that wrote them."""
         if kind not in SHARD_KINDS:
@@ -104,7 +110,7 @@ class RunDir:
         its data folders, or one of its JSON files (a report or export must go elsewhere)."""
         path, root = Path(path).resolve(), self.root.resolve()
         folders = [root / kind for kind in SHARD_KINDS] + [root / "_done"]
-        files = [self.run_json, self.manifest, self.selection]
+        files = [self.run_json, self.manifest, self.selection, self.retries]
         return any(path.is_relative_to(f) for f in folders) or path in [f.resolve() for f in files]
 
     def own_folders(self) -> list[Path]:

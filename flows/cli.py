@@ -89,17 +89,27 @@ def check_scale_out(args) -> None:
 def cmd_run(args) -> int:
     check_scale_out(args)
     cfg, caption_col = checked_run_config(args)
-    from curation.pipeline import calibration
+    from curation.pipeline import calibration, run
     from curation.pipeline.run import RunSpec, check_out_dir, exclusive
+    from curation.rundir import RunDir
     from flows.curate import curate_on
 
     spec = RunSpec(args.urls, args.out, args.url_col, caption_col, cfg.to_dict())
     spec = calibration.calibrated(spec)  # "auto" without a calibrated filter: refused now
+    if args.retry_failed and not RunDir(args.out).is_run():
+        raise config_mod.ConfigError(f"--retry-failed: {args.out} holds no run to retry")
     check_out_dir(args.out, [f for f in (args.urls, args.config) if f and Path(f).exists()])
     with exclusive(args.out):  # before Prefect starts: a second run is refused, not raced
+        if args.retry_failed:
+            run.prepare(spec, cfg)  # another URL list or configuration: refused here
+            run.retry_failed_downloads(RunDir(args.out), cfg, say=_stderr)
         curate_on(spec, args.workers or 0, args.cluster)
     print(stats.report(args.out))
     return 0
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def cmd_schedule(args) -> int:

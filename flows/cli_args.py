@@ -39,6 +39,12 @@ def add_scale_out_options(r: argparse.ArgumentParser) -> None:
 def _run(sub) -> None:
     r = sub.add_parser("run", help="download, caption and filter a URL list into RUN_DIR")
     r.add_argument("--out", required=True, help="run directory (rerun to resume)")
+    r.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="in an existing run, fetch again the downloads that failed for a transient reason "
+        "(timeout, refused or reset connection, cut body, 5xx, 429) and redo what they change",
+    )
     add_run_options(r)
     add_scale_out_options(r)
 

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import hostile_corpus
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -347,3 +348,52 @@ def test_export_and_report_from_the_cli(curated_run, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     assert cli.main(["report", str(run_dir)]) == 0
     assert "<html" in (run_dir / "report.html").read_text().lower()
+
+
+def test_retry_failed_fetches_only_transient_failures_and_redoes_what_they_change(
+    tmp_path, tiny_models, prefect_harness, capsys
+):
+    """`--retry-failed`: a 429 is fetched again and recovered, a 404 is left as it was, the
+    untouched shard's CapFilt is not redone, and every input row is still in one place."""
+    from curation.world.webserver import Routes, Server
+
+    jpeg = hostile_corpus.BLUE
+    web = Server(
+        Routes(
+            {
+                "/a.jpg": (200, "image/jpeg", jpeg),
+                "/busy.jpg": (200, "image/jpeg", jpeg, {"fail_first": 1}),
+                "/b.jpg": (200, "image/jpeg", jpeg),
+            }
+        )
+    )
+    try:
+        paths = ["/a.jpg", "/busy.jpg", "/gone.jpg", "/b.jpg"]  # shards of 2: busy in shard 0
+        rows = [{"url": web.base_url + p, "caption": p} for p in paths]
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "urls.parquet")
+        (tmp_path / "cfg.toml").write_text(
+            "[sharding]\nshard_size = 2\n[capfilt]\nitm_threshold = 0.0\nnum_captions = 1\n"
+            'max_new_tokens = 4\nmin_new_tokens = 1\n[select]\nmetadata = ""\n'
+        )
+        out = tmp_path / "run"
+        argv = run_argv(tmp_path, out, tiny_models)
+        assert cli.main(argv) == 0
+        assert outcomes(out) == {
+            0: ["curated"],
+            1: ["download_failed"],
+            2: ["download_failed"],
+            3: ["curated"],
+        }
+        untouched = (out / "_done" / "capfilt" / "00001.json").stat().st_mtime_ns
+        capsys.readouterr()
+        assert cli.main([*argv, "--retry-failed"]) == 0
+    finally:
+        web.close()
+    captured = capsys.readouterr()
+    assert "[retry] shard 0: 1 failed downloads fetched again, 1 recovered" in captured.err
+    assert "[retry] shard 1" not in captured.err  # the 404 is no transient failure
+    assert "1 fetched again, 1 recovered" in captured.out  # curate stats
+    assert outcomes(out) == {0: ["curated"], 1: ["curated"], 2: ["download_failed"], 3: ["curated"]}
+    assert (out / "_done" / "capfilt" / "00001.json").stat().st_mtime_ns == untouched
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert (counts["input"], counts["curated"], counts["rejected"]) == (4, 3, 1)

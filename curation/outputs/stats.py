@@ -68,6 +68,12 @@ def report(run_dir: str | Path) -> str:
     run = RunDir.of(run_dir)
     calibrated = run.read_json(run.run_json).get("calibration")
     parts = [line] if (line := progress(run)) else []
+    if attempts := run.read_json(run.retries).get("attempts"):
+        retried, recovered = (sum(a[k] for a in attempts) for k in ("retried", "recovered"))
+        parts.append(
+            f"Retried downloads (--retry-failed, {len(attempts)} time(s)): "
+            f"{retried} fetched again, {recovered} recovered"
+        )
     parts += [f"ITM threshold: {calibration.describe(calibrated)}"] if calibrated else []
     for title, name, params in SECTIONS + selection_sections(run_dir):
         columns, rows = sql.query(con, name, **params)

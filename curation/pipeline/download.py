@@ -166,6 +166,21 @@ def _raw_rows(table: pa.Table, fetched: pa.Table | None, refused: dict) -> pa.Ta
     return pa.table({**{n: table[n] for n in table.column_names}, **extra})
 
 
+# Failures a later attempt may not repeat: the network or the server, not the URL itself.
+_TRANSIENT = re.compile(
+    r"timed out|deadline|refused|reset by peer|incomplete body|IncompleteRead|Remote end closed"
+    r"|Temporary failure|HTTP Error (5\d\d|429|408)",
+    re.IGNORECASE,
+)
+
+
+def is_transient(status: str, error: str | None) -> bool:
+    """Whether a raw row's failure may pass on a retry: a timeout or deadline, a refused or
+    reset connection, a body cut short, a 5xx, 429 or 408 (not a 404, a blocked address or an
+    invalid URL)."""
+    return status == "download_failed" and bool(_TRANSIENT.search(error or ""))
+
+
 def fetchable(url: str) -> str:
     """`url` as a browser sends it: a non-ASCII host IDNA-encoded (UTS 46, as browsers map it:
     `пример.рф` -> `xn--e1afmkfd.xn--p1ai`) and non-ASCII characters of the path and query

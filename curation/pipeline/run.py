@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from curation import io, schema
 from curation.config import ConfigError, RunConfig, from_dict
-from curation.pipeline import urls
+from curation.pipeline import download, urls
 from curation.pipeline.steps import STEPS
 from curation.rundir import RunDir
 
@@ -144,6 +147,59 @@ def prepare(spec: RunSpec, cfg: RunConfig) -> list[int]:
     }
     io.write_json(known, run_dir.run_json)
     return list(range(len(parts)))
+
+
+OUTCOME = ["status", "error", "image"]  # what a download decided for a row
+
+
+def retry_failed_downloads(run_dir: RunDir, cfg: RunConfig, say=print) -> dict:
+    """Fetch again the rows whose download failed for a transient reason (`download.
+    is_transient`), in every downloaded shard; the later steps of a shard where something
+    changed, the global plan and every shard's selection are then left to the rerun.
+
+    Returns (and appends to RUN_DIR/retries.json) {"retried": rows, "recovered": rows}.
+    """
+    retried = recovered = 0
+    for shard in range(json.loads(run_dir.run_json.read_text())["shards"]):
+        path = run_dir.shard_file("raw", shard)
+        if run_dir.read_marker("download", shard) is None or not path.exists():
+            continue  # not downloaded yet: the run downloads it anyway
+        raw = pq.read_table(path)
+        status, error = raw["status"].to_pylist(), raw["error"].to_pylist()
+        failed = pa.array([download.is_transient(*row) for row in zip(status, error, strict=True)])
+        if not pc.any(failed).as_py():
+            continue
+        before = raw.filter(failed)
+        again = download.download_shard(before.select(schema.INPUT.names), cfg.download)
+        n_ok = again["status"].to_pylist().count("success")
+        retried, recovered = retried + len(again), recovered + n_ok
+        say(f"[retry] shard {shard}: {len(again)} failed downloads fetched again, {n_ok} recovered")
+        if again.select(OUTCOME).to_pylist() != before.select(OUTCOME).to_pylist():
+            io.write_parquet(_merged(raw, again), path, schema.RAW)
+            _forget_after_download(run_dir, shard)
+    attempt = {"retried": retried, "recovered": recovered}
+    history = run_dir.read_json(run_dir.retries).get("attempts", [])
+    io.write_json({"attempts": [*history, attempt]}, run_dir.retries)
+    return attempt
+
+
+def _merged(raw: pa.Table, again: pa.Table) -> pa.Table:
+    """`raw` with the rows of `again` (same sample_ids) in place, in the original order."""
+    by_id = {r["sample_id"]: r for r in again.to_pylist()}
+    rows = [by_id.get(r["sample_id"], r) for r in raw.to_pylist()]
+    return pa.Table.from_pylist(rows, schema=raw.schema)
+
+
+def _forget_after_download(run_dir: RunDir, shard: int) -> None:
+    """Remove what the steps after download decided from this shard's downloads (their
+    markers; their files are rewritten), the global plan and every shard's selection, and
+    the manifest: the rerun redoes them over the new downloads."""
+    for step in ("capfilt", "annotate"):
+        run_dir.marker(step, shard).unlink(missing_ok=True)
+    for marker in run_dir.markers("select"):
+        marker.unlink()
+    run_dir.selection.unlink(missing_ok=True)
+    run_dir.manifest.unlink(missing_ok=True)
 
 
 def versions() -> dict:
