@@ -14,6 +14,7 @@ A curation run (`curate run --out RUN_DIR`), deterministic paths so a rerun find
     _done/<step>/00000.json  completion marker with the step's counts and timings
     manifest.json            configuration, versions, counts per stage and reason, timings
     retries.json             `--retry-failed` attempts: downloads fetched again, recovered
+    .curate.lock(.pid)       held by the process writing the run (and its pid)
     report.html              `curate report`
 
 A bootstrap loop (`curate bootstrap --out OUT`, see `LoopDir`) holds curation runs and models.
@@ -62,6 +63,17 @@ class RunDir:
     @property
     def report(self) -> Path:
         return self.root / "report.html"
+
+    LOCK, LOCK_PID = ".curate.lock", ".curate.lock.pid"  # held while a process writes the run
+
+    @property
+    def lock(self) -> Path:
+        return self.root / self.LOCK
+
+    @property
+    def lock_pid(self) -> Path:
+        """The lock holder's pid, for the message refusing a second writer."""
+        return self.root / self.LOCK_PID
 
     @property
     def retries(self) -> Path:

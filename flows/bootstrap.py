@@ -24,6 +24,7 @@ from curation.training import evaluate as evaluation
 from curation.training import train, vision
 from curation.training.bootstrap import BootstrapSpec
 from curation.training.data import pairs_from_clean, pairs_from_curated, pairs_from_raw, web_texts
+from flows import stopping
 from flows.curate import curate
 
 
@@ -147,6 +148,7 @@ def _ablation(spec: BootstrapSpec, config: dict) -> list[dict]:
 def bootstrap(spec: BootstrapSpec) -> dict:
     """Run `spec.rounds` rounds of BLIP's loop under `spec.out`; returns (and writes)
     metrics.json. What each option adds: `BootstrapSpec`."""
+    stopping.reclaim()  # Ctrl-C / SIGTERM stop the loop now, not after its running tasks
     dirs, config = LoopDir(spec.out), spec.config
     if spec.labelled:
         pretrain_vision(spec.labelled, str(dirs.vision), config)

@@ -356,6 +356,10 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if argv is None:  # the `curate` process itself, not a caller's (tests call main([...]))
+        from flows import stopping
+
+        stopping.install(getattr(args, "out", None))
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS as err:

@@ -33,6 +33,7 @@ from curation.pipeline import calibration, run, steps
 from curation.pipeline.run import RunSpec
 from curation.pipeline.steps import AFTER_PLAN, BEFORE_PLAN, PLAN, STEPS, Step
 from curation.rundir import RunDir
+from flows import stopping
 from flows.progress import Progress
 
 
@@ -88,6 +89,7 @@ def _shards_on_workers(out: str, shards: list[int], config: dict, progress: Prog
 @flow(name="curate", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def curate(spec: RunSpec) -> dict:
     """Curate `spec.urls` into `spec.out`; returns the run's counts."""
+    stopping.reclaim()  # Ctrl-C / SIGTERM stop the run now, not after its running tasks
     spec = calibration.calibrated(spec)
     cfg = from_dict(spec.config)
     started = time.perf_counter()

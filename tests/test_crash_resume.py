@@ -6,6 +6,7 @@ Each kill fires when the run directory shows that phase under way; after each on
 command is run again, and the last rerun must produce exactly what a run never killed produces.
 """
 
+import json
 import signal
 from pathlib import Path
 
@@ -103,3 +104,73 @@ def test_a_run_killed_at_every_phase_resumes_to_the_uninterrupted_output(world_r
     ids = curated["sample_id"].to_pylist() + rejects["sample_id"].to_pylist()
     assert sorted(ids) == list(range(40))  # every input once: no duplicates, nothing lost
     assert len(curated) > 0 and len(rejects) > 0  # both outcomes exercised
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_run_with_everything_it_started_and_a_rerun_resumes(
+    tmp_path, tiny_models, prefect_harness, signum
+):
+    """Ctrl-C (to `curate` alone) ran a slow download to its end; SIGTERM left Prefect's API
+    server running. The signal arrives while img2dataset waits on a server that answers after
+    two minutes, with its own Prefect server (no PREFECT_API_URL), as a user runs it."""
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+    from hostile_corpus import BLUE
+    from prefect.settings import PREFECT_API_URL  # noqa: F401 -- the harness's, not the child's
+
+    from curation.world.webserver import Routes
+
+    paths = [f"/{i}.jpg" for i in range(3)]
+    routes = Routes({p: (200, "image/jpeg", BLUE, 120) for p in paths})
+    web = Server(routes)
+    try:
+        rows = [{"url": web.base_url + p, "caption": "a blue square"} for p in paths]
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "urls.parquet")
+        (tmp_path / "cfg.toml").write_text('[download]\ntimeout = 300\n[select]\nmetadata = ""\n')
+        out = tmp_path / "run"
+        argv = run_argv(tmp_path, out, tiny_models)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env["PREFECT_HOME"] = str(tmp_path / "prefect")
+        log = tmp_path / "stderr.txt"
+        with open(log, "w") as stderr:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "flows.cli", *argv],
+                cwd=Path(__file__).resolve().parent.parent,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        started = descendants_once(child, lambda p: "img2dataset" in " ".join(p.cmdline()))
+        child.send_signal(signum)
+        assert child.wait(timeout=120) == 128 + signum
+        assert f"stopped by {signal.Signals(signum).name}" in log.read_text()
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert alive == []  # the downloader, Prefect's API server: nothing left running
+        assert not list(out.rglob(".*.tmp-*")) and not (out / ".curate.lock.pid").exists()
+        for p in paths:
+            routes[p] = (200, "image/jpeg", BLUE)  # the server recovers
+        assert cli.main(argv) == 0  # the rerun resumes
+    finally:
+        web.close()
+    assert json.loads((out / "manifest.json").read_text())["counts"]["input"] == 3
+
+
+def descendants_once(child, wanted, timeout: float = 180.0) -> list:
+    """The child's process tree, as soon as one of its processes matches `wanted`."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and child.poll() is None:
+        try:
+            tree = psutil.Process(child.pid).children(recursive=True)
+            if any(wanted(p) for p in tree):
+                return tree
+        except psutil.Error:
+            pass  # a process ended while we looked
+        time.sleep(0.05)
+    raise AssertionError("the run never started its downloader")

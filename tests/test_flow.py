@@ -15,6 +15,7 @@ from curation import sql
 from curation.config import Sampling
 from curation.models import blip
 from curation.pipeline import run
+from curation.rundir import RunDir
 from flows import cli
 
 
@@ -113,7 +114,7 @@ def test_a_second_writer_of_a_run_is_refused_naming_the_first(tmp_path, tiny_mod
         assert cli.main(run_argv(tmp_path, out, tiny_models)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"another curate process (pid {os.getpid()})" in err[0]
-    assert sorted(p.name for p in out.iterdir()) == [run.LOCK]  # nothing written, pid file gone
+    assert sorted(p.name for p in out.iterdir()) == [RunDir.LOCK]  # nothing written, pid file gone
 
 
 def foreign_folder(root):

@@ -55,33 +55,29 @@ def _fingerprint(spec: RunSpec, cfg: RunConfig) -> str:
     return digest.hexdigest()
 
 
-LOCK = ".curate.lock"  # held while a curate process writes the run (fcntl, via filelock)
-LOCK_PID = ".curate.lock.pid"  # the holder's pid, for the refusal message
-
-
 @contextmanager
 def exclusive(root: str | Path):
-    """Hold the run directory's lock for the block: one writer at a time, released when the
-    process ends however it ends (the kernel drops the flock).
+    """Hold the run directory's lock (fcntl, via filelock) for the block: one writer at a
+    time, released when the process ends however it ends (the kernel drops the flock).
 
     Raises:
         RunDirError: another live process holds it; the message names its pid.
     """
-    root = Path(root)
-    lock = FileLock(root / LOCK)
+    run_dir = RunDir(root)
+    lock = FileLock(run_dir.lock)
     try:
         lock.acquire(blocking=False)
     except Timeout:
-        holder = (root / LOCK_PID).read_text().strip() if (root / LOCK_PID).exists() else "?"
+        holder = run_dir.lock_pid.read_text().strip() if run_dir.lock_pid.exists() else "?"
         raise RunDirError(
             f"--out {root} is being written by another curate process (pid {holder}); "
             "wait for it to finish or stop it"
         ) from None
     try:
-        (root / LOCK_PID).write_text(str(os.getpid()))
+        run_dir.lock_pid.write_text(str(os.getpid()))
         yield
     finally:
-        (root / LOCK_PID).unlink(missing_ok=True)
+        run_dir.lock_pid.unlink(missing_ok=True)
         lock.release()
 
 
@@ -112,7 +108,7 @@ def check_out_dir(root: str | Path, inputs: list[str | Path]) -> None:
 
 
 def _holds_other_files(root: Path) -> bool:
-    return any(p.name not in (LOCK, LOCK_PID) for p in root.iterdir())
+    return any(p.name not in (RunDir.LOCK, RunDir.LOCK_PID) for p in root.iterdir())
 
 
 def prepare(spec: RunSpec, cfg: RunConfig) -> list[int]:
