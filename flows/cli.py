@@ -365,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"curate: error: {err}", file=sys.stderr)
         return 2
+    except duckdb.Error as err:  # e.g. a damaged file in a run: DuckDB's message names it
+        print(f"curate: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -398,3 +398,26 @@ def test_retry_failed_fetches_only_transient_failures_and_redoes_what_they_chang
     assert (out / "_done" / "capfilt" / "00001.json").stat().st_mtime_ns == untouched
     counts = json.loads((out / "manifest.json").read_text())["counts"]
     assert (counts["input"], counts["curated"], counts["rejected"]) == (4, 3, 1)
+
+
+def test_a_damaged_output_is_named_by_stats_and_redone_by_the_rerun(curated_run, tmp_path, capsys):
+    """A truncated shard was trusted by reruns, and stats / export / report crashed on it."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(curated_run[0], run_dir)
+    argv = list(curated_run[3])
+    argv[argv.index("--out") + 1] = str(run_dir)
+    shard, raw = run_dir / "shards" / "00000.parquet", run_dir / "raw" / "00000.parquet"
+    shard.write_bytes(shard.read_bytes()[:100])
+    good_raw = raw.read_bytes()
+    assert cli.main(["stats", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "shards/00000.parquet" in err[0]
+    raw.write_bytes(good_raw[: len(good_raw) // 2])  # and the downloads under it
+    assert cli.main(argv) == 0  # the rerun sees both, downloads shard 0 again, redoes the rest
+    assert cli.main(["stats", str(run_dir)]) == 0
+    again, before = outcomes(run_dir), outcomes(curated_run[0])
+    busy = [c.name for c in hostile_corpus.WEB].index("rate_limited")  # its server recovered
+    assert again.pop(busy) == ["curated"] and before.pop(busy) == ["download_failed"]
+    assert again == before

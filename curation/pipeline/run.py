@@ -20,7 +20,7 @@ from filelock import FileLock, Timeout
 
 from curation import io, schema
 from curation.config import ConfigError, RunConfig, from_dict
-from curation.pipeline import download, urls
+from curation.pipeline import download, steps, urls
 from curation.pipeline.steps import STEPS
 from curation.rundir import RunDir
 
@@ -172,7 +172,12 @@ def retry_failed_downloads(run_dir: RunDir, cfg: RunConfig, say=print) -> dict:
         say(f"[retry] shard {shard}: {len(again)} failed downloads fetched again, {n_ok} recovered")
         if again.select(OUTCOME).to_pylist() != before.select(OUTCOME).to_pylist():
             io.write_parquet(_merged(raw, again), path, schema.RAW)
-            _forget_after_download(run_dir, shard)
+            marker = run_dir.read_marker("download", shard)
+            io.write_json(
+                {**marker, "outputs": [steps.fingerprint(run_dir, path)]},
+                run_dir.marker("download", shard),
+            )
+            steps.forget_from(run_dir, "capfilt", shard)  # the rerun redoes them
     attempt = {"retried": retried, "recovered": recovered}
     history = run_dir.read_json(run_dir.retries).get("attempts", [])
     io.write_json({"attempts": [*history, attempt]}, run_dir.retries)
@@ -184,18 +189,6 @@ def _merged(raw: pa.Table, again: pa.Table) -> pa.Table:
     by_id = {r["sample_id"]: r for r in again.to_pylist()}
     rows = [by_id.get(r["sample_id"], r) for r in raw.to_pylist()]
     return pa.Table.from_pylist(rows, schema=raw.schema)
-
-
-def _forget_after_download(run_dir: RunDir, shard: int) -> None:
-    """Remove what the steps after download decided from this shard's downloads (their
-    markers; their files are rewritten), the global plan and every shard's selection, and
-    the manifest: the rerun redoes them over the new downloads."""
-    for step in ("capfilt", "annotate"):
-        run_dir.marker(step, shard).unlink(missing_ok=True)
-    for marker in run_dir.markers("select"):
-        marker.unlink()
-    run_dir.selection.unlink(missing_ok=True)
-    run_dir.manifest.unlink(missing_ok=True)
 
 
 def versions() -> dict:

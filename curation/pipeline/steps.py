@@ -7,12 +7,14 @@ skip a shard whose completion marker exists, time the step, check every reject a
 reasons the step declares, write the marker last. Adding a stage is one function and one entry.
 """
 
+import hashlib
 import os
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,6 +38,7 @@ class Step:
     stages: tuple[str, ...] = ()  # the REJECTS `stage` values (schema.GATES) it may write
     io_bound: bool = False  # waits on the network: the default runner runs it ahead, on threads
     retries: int = 0  # task retries: only for a step whose failures are transient
+    writes: tuple[tuple[str, str], ...] = ()  # (shard kind, file prefix) of each output file
     describe: Callable[[dict], str] = lambda summary: ""  # the progress line's detail
 
     @property
@@ -141,20 +144,34 @@ def _describe_capfilt(summary: dict) -> str:
 
 
 STEPS = (
-    Step("download", download_shard, io_bound=True, retries=1, describe=_describe_download),
+    Step(
+        "download",
+        download_shard,
+        io_bound=True,
+        retries=1,
+        describe=_describe_download,
+        writes=(("raw", ""),),
+    ),
     Step(
         "capfilt",
         capfilt_shard,
         stages=("download", "decode", "capfilt"),
         describe=_describe_capfilt,
+        writes=(("capfilt", ""), ("rejects", "capfilt")),
     ),
-    Step("annotate", annotate_shard, describe=lambda s: f"{s['rows']} rows"),
+    Step(
+        "annotate",
+        annotate_shard,
+        describe=lambda s: f"{s['rows']} rows",
+        writes=(("annotations", ""),),
+    ),
     Step("plan", plan_run, per_shard=False),
     Step(
         "select",
         select_shard,
         stages=("select",),
         describe=lambda s: f"{s['curated']} curated of {s['rows']}",
+        writes=(("decisions", ""), ("shards", ""), ("rejects", "select")),
     ),
 )
 BY_NAME = {step.name: step for step in STEPS}
@@ -174,14 +191,60 @@ def check_rejects(step: Step, summary: dict) -> None:
 
 
 def run_step(name: str, run_dir: RunDir, shard: int, cfg: RunConfig, **kwargs) -> dict:
-    """Run one shard of step NAME unless its completion marker says it is done; returns the
-    step's summary with its wall time (`seconds`), written as the marker, last."""
+    """Run one shard of step NAME unless its completion marker says it is done and the files
+    it lists are intact; returns the step's summary with its wall time (`seconds`) and its
+    output files' sizes and SHA-256 (`outputs`), written as the marker, last.
+
+    A listed file missing or changed (truncated, overwritten) makes the step run again, and
+    every step after it on this shard, the global plan and the selection with it.
+    """
+    step = BY_NAME[name]
     done = run_dir.read_marker(name, shard)
-    if done is not None:
+    if done is not None and intact(run_dir, done):
         return done
-    step, started = BY_NAME[name], time.perf_counter()
+    if done is not None:
+        forget_from(run_dir, name, shard)
+    started = time.perf_counter()
     summary = step.run(run_dir, shard, cfg, **kwargs)
     summary.setdefault("seconds", time.perf_counter() - started)
     check_rejects(step, summary)
+    summary["outputs"] = [fingerprint(run_dir, path) for path in step_files(run_dir, step, shard)]
     io.write_json(summary, run_dir.marker(name, shard))
     return summary
+
+
+def step_files(run_dir: RunDir, step: Step, shard: int) -> list[Path]:
+    return [run_dir.shard_file(kind, shard, prefix) for kind, prefix in step.writes]
+
+
+def fingerprint(run_dir: RunDir, path: Path) -> dict:
+    """An output file as its marker records it: path in the run, size, SHA-256."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    name = str(path.relative_to(run_dir.root))
+    return {"file": name, "bytes": path.stat().st_size, "sha256": digest}
+
+
+def intact(run_dir: RunDir, marker: dict) -> bool:
+    """Whether every file a marker lists is there with its recorded size and SHA-256 (a
+    marker from before checksums were recorded lists none: trusted)."""
+    for recorded in marker.get("outputs", []):
+        path = run_dir.root / recorded["file"]
+        if not path.is_file() or path.stat().st_size != recorded["bytes"]:
+            return False
+        if fingerprint(run_dir, path)["sha256"] != recorded["sha256"]:
+            return False
+    return True
+
+
+def forget_from(run_dir: RunDir, name: str, shard: int) -> None:
+    """Remove the markers of step NAME and of every later step on `shard`, and, when NAME
+    comes before the plan, the plan and every shard's selection (they used its output)."""
+    names = [s.name for s in STEPS if s.per_shard]
+    for later in names[names.index(name) :]:
+        run_dir.marker(later, shard).unlink(missing_ok=True)
+    if name in [s.name for s in BEFORE_PLAN]:
+        for marker in run_dir.markers(STEPS[-1].name):
+            marker.unlink(missing_ok=True)
+        run_dir.selection.unlink(missing_ok=True)
+    run_dir.manifest.unlink(missing_ok=True)
