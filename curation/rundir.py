@@ -21,12 +21,17 @@ A bootstrap loop (`curate bootstrap --out OUT`, see `LoopDir`) holds curation ru
 """
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 SHARD_KINDS = ("input", "raw", "capfilt", "annotations", "decisions", "shards", "rejects")
 # The per-shard steps in run order, by the names of their marker folders (`pipeline.steps`).
 SHARD_STEPS = ("download", "capfilt", "annotate", "select")
+
+
+OUR_FILE = re.compile(r"([a-z]+-)?\d{5}\.parquet")  # 00000.parquet, capfilt-00000.parquet
+MARKER_FILE = re.compile(r"\d{5}\.json")
 
 
 def shard_name(shard: int) -> str:
@@ -88,8 +93,34 @@ class RunDir:
         return self.root / kind / f"{prefix}{shard_name(shard)}.parquet"
 
     def shard_files(self, kind: str) -> list[Path]:
-        """The KIND files present, in shard order."""
-        return sorted(self.root.glob(self.pattern(kind)))
+        """The KIND files the run wrote, in shard order: named as it names them (not links),
+        and, once its markers record their outputs, listed by a marker. A stray
+        `shards/foreign.parquet` or a file of a step still running is not the run's data."""
+        listed = self.listed_outputs() if kind != "input" else None
+        return [
+            path
+            for path in sorted(self.root.glob(self.pattern(kind)))
+            if OUR_FILE.fullmatch(path.name)
+            and not path.is_symlink()
+            and (not listed or f"{kind}/{path.name}" in listed)
+        ]
+
+    def listed_outputs(self) -> set[str]:
+        """Every output file (relative path) the step markers list; empty for markers of a
+        version that did not record them."""
+        return {
+            out["file"]
+            for path in self.marker_files()
+            for out in json.loads(path.read_text()).get("outputs", [])
+        }
+
+    def marker_files(self) -> list[Path]:
+        """The completion markers of the run's steps (named as the run names them)."""
+        return sorted(
+            path
+            for path in self.root.glob(self.MARKERS_PATTERN)
+            if MARKER_FILE.fullmatch(path.name) and not path.is_symlink()
+        )
 
     @staticmethod
     def pattern(kind: str) -> str:

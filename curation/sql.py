@@ -30,14 +30,15 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 # Variable name -> (glob under each RUN_DIR, schema of an empty stand-in when nothing matches).
 FILES = {
-    "inputs_files": (RunDir.pattern("input"), schema.INPUT),
-    "raw_files": (RunDir.pattern("raw"), schema.RAW),
-    "curated_files": (RunDir.pattern("shards"), schema.CURATED),
-    "rejects_files": (RunDir.pattern("rejects"), schema.REJECTS),
-    "annotations_files": (RunDir.pattern("annotations"), schema.ANNOTATIONS),
-    "markers_files": (RunDir.MARKERS_PATTERN, None),
-    "manifests_files": (RunDir.MANIFEST, None),
+    "inputs_files": ("input", schema.INPUT),
+    "raw_files": ("raw", schema.RAW),
+    "curated_files": ("shards", schema.CURATED),
+    "rejects_files": ("rejects", schema.REJECTS),
+    "annotations_files": ("annotations", schema.ANNOTATIONS),
+    "markers_files": (None, None),
+    "manifests_files": (None, None),
 }
+KINDS = {variable: kind for variable, (kind, _) in FILES.items() if kind}
 
 
 def load(name: str) -> str:
@@ -94,12 +95,21 @@ def is_query(text: str) -> bool:
 
 
 def run_files(run_dirs: list[str | Path]) -> dict[str, list[str]]:
-    """Each variable's file list over all runs, never empty."""
+    """Each variable's file list over all runs, never empty: only files the runs wrote
+    (`RunDir.shard_files`, `RunDir.marker_files`), never whatever else lies in their folders."""
     found = {}
-    for variable, (pattern, _) in FILES.items():
-        files = sorted(str(p.resolve()) for d in run_dirs for p in Path(d).glob(pattern))
+    for variable in FILES:
+        files = sorted(str(p.resolve()) for d in run_dirs for p in _files_of(RunDir(d), variable))
         found[variable] = [literal_path(f) for f in files or [_empty_file(variable)]]
     return found
+
+
+def _files_of(run: RunDir, variable: str) -> list[Path]:
+    if variable == "markers_files":
+        return run.marker_files()
+    if variable == "manifests_files":
+        return [run.manifest] if run.manifest.is_file() else []
+    return run.shard_files(KINDS[variable])
 
 
 def connect(

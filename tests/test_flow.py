@@ -421,3 +421,22 @@ def test_a_damaged_output_is_named_by_stats_and_redone_by_the_rerun(curated_run,
     busy = [c.name for c in hostile_corpus.WEB].index("rate_limited")  # its server recovered
     assert again.pop(busy) == ["curated"] and before.pop(busy) == ["download_failed"]
     assert again == before
+
+
+def test_readers_count_only_the_files_the_run_wrote(curated_run, tmp_path, capsys):
+    """A stray or linked Parquet file in shards/ was counted by stats and exported."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(curated_run[0], run_dir)
+    first = run_dir / "shards" / "00000.parquet"
+    shutil.copy(first, run_dir / "shards" / "foreign.parquet")  # not a name the run gives
+    shutil.copy(first, run_dir / "shards" / "00077.parquet")  # its naming, but no marker's
+    (run_dir / "shards" / "00078.parquet").symlink_to(first)
+    curated = sql.connect(curated_run[0]).execute("SELECT count(*) FROM samples").fetchone()
+    assert sql.connect(run_dir).execute("SELECT count(*) FROM samples").fetchone() == curated
+    assert (
+        cli.main(["export", str(run_dir), "--out", str(tmp_path / "out"), "--format", "jsonl"]) == 0
+    )
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["rows"] == curated[0]
