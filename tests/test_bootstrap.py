@@ -309,6 +309,21 @@ def test_the_quality_benchmark_runs_a_tiny_world_through_the_loop(tmp_path, worl
     assert len(table) == 3 and table[2].startswith("| noisy | 2x | 48 | 12 |")
 
 
+def test_the_filter_error_analysis_reads_a_pass_and_its_truth(world_loop, capsys, monkeypatch):
+    from test_bench_smoke import load_script
+
+    root, _, out = world_loop
+    bench = load_script("filter_errors")
+    truth = root / "world" / "truth.parquet"
+    monkeypatch.setattr("sys.argv", ["x", str(out / "round1" / "capfilt"), str(truth)])
+    bench.main()
+    lines = capsys.readouterr().out.splitlines()
+    web = sum(1 for r in pq.read_table(truth).to_pylist() if r["kind"] != "empty")
+    assert 0 < int(lines[0].split()[0]) <= web  # the scored web texts (some fail download)
+    assert lines[2].startswith("ITM ") and "clean" in "\n".join(lines)
+    assert 0.0 <= float(lines[2].split()[1]) <= 1.0  # the AUC
+
+
 def test_finetune_takes_web_negatives_from_a_run_and_refuses_half_the_pair(
     world_loop, tmp_path, capsys
 ):
