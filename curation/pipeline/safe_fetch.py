@@ -31,6 +31,7 @@ import os
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 import zlib
 from urllib.parse import urlsplit
@@ -312,8 +313,8 @@ class _DeadlineOpener(urllib.request.OpenerDirector):
         _request.deadline, _request.timeout = time.monotonic() + timeout, timeout
         try:
             return super().open(fullurl, data, timeout)
-        except OSError as err:
-            if _past_deadline() and not isinstance(err, Refused):
+        except OSError as err:  # an HTTP error status is an answer, whenever it came
+            if _past_deadline() and not isinstance(err, Refused | urllib.error.HTTPError):
                 raise Refused(f"no complete response within the {timeout} s deadline") from None
             raise
         finally:
