@@ -92,11 +92,15 @@ class RunDir:
         prefix = f"{step}-" if step else ""
         return self.root / kind / f"{prefix}{shard_name(shard)}.parquet"
 
-    def shard_files(self, kind: str) -> list[Path]:
+    def shard_files(self, kind: str, listed: set[str] | None = None) -> list[Path]:
         """The KIND files the run wrote, in shard order: named as it names them (not links),
-        and, once its markers record their outputs, listed by a marker. A stray
+        and, once its markers record their outputs, listed by a marker (`listed`: the
+        caller's `listed_outputs()`, read once for several kinds). A stray
         `shards/foreign.parquet` or a file of a step still running is not the run's data."""
-        listed = self.listed_outputs() if kind != "input" else None
+        if kind == "input":
+            listed = None  # written before any step: no marker lists them
+        elif listed is None:
+            listed = self.listed_outputs()
         return [
             path
             for path in sorted(self.root.glob(self.pattern(kind)))

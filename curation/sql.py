@@ -97,19 +97,22 @@ def is_query(text: str) -> bool:
 def run_files(run_dirs: list[str | Path]) -> dict[str, list[str]]:
     """Each variable's file list over all runs, never empty: only files the runs wrote
     (`RunDir.shard_files`, `RunDir.marker_files`), never whatever else lies in their folders."""
+    runs = [(RunDir(d), RunDir(d).listed_outputs()) for d in run_dirs]  # markers read once
     found = {}
     for variable in FILES:
-        files = sorted(str(p.resolve()) for d in run_dirs for p in _files_of(RunDir(d), variable))
+        files = sorted(
+            str(p.resolve()) for run, listed in runs for p in _files_of(run, variable, listed)
+        )
         found[variable] = [literal_path(f) for f in files or [_empty_file(variable)]]
     return found
 
 
-def _files_of(run: RunDir, variable: str) -> list[Path]:
+def _files_of(run: RunDir, variable: str, listed: set[str]) -> list[Path]:
     if variable == "markers_files":
         return run.marker_files()
     if variable == "manifests_files":
         return [run.manifest] if run.manifest.is_file() else []
-    return run.shard_files(KINDS[variable])
+    return run.shard_files(KINDS[variable], listed)
 
 
 def connect(
