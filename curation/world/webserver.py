@@ -25,13 +25,35 @@ def _options(extra: list) -> dict:
     return extra[0] if isinstance(extra[0], dict) else {"delay": extra[0]}
 
 
-def _handler(routes: Routes):
+class Load:
+    """Requests being answered now, and the most there ever were at once (`busiest`): how a
+    test sees a client's concurrency."""
+
+    def __init__(self):
+        self.now = self.busiest = 0
+        self.lock = threading.Lock()
+
+    def __enter__(self):
+        with self.lock:
+            self.now += 1
+            self.busiest = max(self.busiest, self.now)
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.now -= 1
+
+
+def _handler(routes: Routes, load: Load):
     asked = {}  # path -> requests so far (fail_first)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # chunked bodies need it
 
         def do_GET(self):  # noqa: N802 -- http.server's naming
+            with load:
+                self._get()
+
+        def _get(self):
             status, content_type, body, *extra = routes.get(
                 self.path, (404, "text/plain", b"not found")
             )
@@ -80,10 +102,12 @@ class Server:
     """Serve `routes` on 127.0.0.1 until closed: at `port` when it is free, else at any port."""
 
     def __init__(self, routes: Routes, port: int = 0):
+        self.load = Load()
+        handler = _handler(routes, self.load)
         try:
-            self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(routes))
+            self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         except OSError:
-            self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(routes))
+            self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
