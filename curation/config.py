@@ -87,6 +87,29 @@ class Sampling:
     max_new_tokens: int = CapFiltConfig.max_new_tokens
 
 
+@dataclass
+class DedupConfig:
+    """``[dedup]``: copies and evaluation leaks among CapFilt's survivors, removed over the whole
+    run before DFN scoring and balancing (a copy would count twice in MetaCLIP's entry counts
+    and take two keeps). Each removal is a reject naming the copy that was kept."""
+
+    exact: bool = True  # one image per sha256 of its bytes (reason duplicate)
+    near_duplicates: bool = True  # one image per group of pHash-close images (near_duplicate)
+    # pHash Hamming distance (of 64 bits) at or below which two images are copies, for
+    # near_duplicates and for --decontaminate (docs/benchmarks.md, "Duplicates": re-encoded,
+    # resized, 5%-cropped and PNG copies are found, distinct images are not).
+    hash_distance: int = 8
+    # SemDeDup (arXiv 2303.09540): images whose embeddings (the scorer's, else the filter's)
+    # have cosine >= this within a k-means cluster are one semantic group; 0 = off.
+    semantic_threshold: float = 0.0
+    # The same chosen caption on more images than this keeps the best this many by ITM (a
+    # boilerplate text, e.g. "image not found"); 0 = no cap (counted in `curate stats` anyway).
+    max_images_per_caption: int = 0
+    # Parquet files with an `image` column (bytes): web images within hash_distance of any of
+    # them are rejected as eval_overlap (`curate run --decontaminate FILE ...` adds to this).
+    decontaminate: list[str] = field(default_factory=list)
+
+
 CAPTION_CHOICES = ("itm", "web_first")  # [capfilt] caption_choice
 ORDERS = ("score_then_balance", "balance_then_score")  # [select] order
 AUTO = "auto"  # a setting the product derives: [capfilt] itm_threshold
@@ -193,6 +216,7 @@ class RunConfig:
     download: DownloadConfig = field(default_factory=DownloadConfig)
     capfilt: CapFiltConfig = field(default_factory=CapFiltConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     train: TrainConfig = field(default_factory=TrainConfig)  # curate train/finetune/bootstrap
 
     def to_dict(self) -> dict:
@@ -273,6 +297,19 @@ def validate(config: RunConfig) -> None:
         (config.download.retries >= 0, "[download] retries must be >= 0"),
         (config.download.thread_count >= 1, "[download] thread_count must be >= 1"),
         (config.download.max_bytes >= 1, "[download] max_bytes must be >= 1"),
+        (0 <= config.dedup.hash_distance <= 64, "[dedup] hash_distance must be in [0, 64]"),
+        (
+            0.0 <= config.dedup.semantic_threshold <= 1.0,
+            "[dedup] semantic_threshold must be in [0, 1] (0: off)",
+        ),
+        (
+            config.dedup.max_images_per_caption >= 0,
+            "[dedup] max_images_per_caption must be >= 0 (0: no cap)",
+        ),
+        (
+            all(isinstance(p, str) and p for p in config.dedup.decontaminate),
+            "[dedup] decontaminate must be a list of Parquet file paths",
+        ),
         (config.train.synthetic_gate >= 0, "[train] synthetic_gate must be >= 0 (0: off)"),
         (config.train.web_negatives >= 0, "[train] web_negatives must be >= 0 (0: off)"),
         (

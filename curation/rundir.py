@@ -7,6 +7,7 @@ A curation run (`curate run --out RUN_DIR`), deterministic paths so a rerun find
     raw/00000.parquet        download results, one row per input row (schema.RAW)
     capfilt/00000.parquet    images that passed CapFilt (schema.CURATED, before selection)
     annotations/00000.parquet  their DFN score and matched concepts (schema.ANNOTATIONS)
+    duplicates.parquet       the dedup stage's removals (pipeline.duplicates.REMOVALS)
     selection.json           the global selection plan (select.SelectionPlan)
     decisions/00000.parquet  keep / reason per CapFilt survivor (schema.DECISIONS)
     shards/00000.parquet     curated rows (schema.CURATED)
@@ -64,6 +65,10 @@ class RunDir:
     @property
     def selection(self) -> Path:
         return self.root / "selection.json"
+
+    @property
+    def duplicates(self) -> Path:
+        return self.root / "duplicates.parquet"
 
     @property
     def report(self) -> Path:
@@ -157,7 +162,7 @@ class RunDir:
         its data folders, or one of its JSON files (a report or export must go elsewhere)."""
         path, root = Path(path).resolve(), self.root.resolve()
         folders = [root / kind for kind in SHARD_KINDS] + [root / "_done"]
-        files = [self.run_json, self.manifest, self.selection, self.retries]
+        files = [self.run_json, self.manifest, self.selection, self.duplicates, self.retries]
         return any(path.is_relative_to(f) for f in folders) or path in [f.resolve() for f in files]
 
     def own_folders(self) -> list[Path]:

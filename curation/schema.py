@@ -77,6 +77,11 @@ class Reason(StrEnum):
     IMAGE_TOO_SMALL = "image_too_small"  # a side below capfilt.min_image_side (tracking pixels)
     IMAGE_TOO_LARGE = "image_too_large"  # more than capfilt.max_image_pixels (bombs)
     NO_MATCHING_TEXT = "no_matching_text"  # no web or synthetic text reached the ITM threshold
+    EVAL_OVERLAP = "eval_overlap"  # a copy of an image of a --decontaminate set
+    DUPLICATE = "duplicate"  # the same bytes (sha256) as a kept image
+    NEAR_DUPLICATE = "near_duplicate"  # a pHash-close copy of a kept image
+    SEMANTIC_DUPLICATE = "semantic_duplicate"  # SemDeDup: an embedding-close copy of a kept image
+    REPEATED_CAPTION = "repeated_caption"  # its caption captions too many images already
     BELOW_SCORE_QUANTILE = "below_score_quantile"  # DFN score under the run's global threshold
     NO_CONCEPT_MATCH = "no_concept_match"  # the caption matches no concept entry (MetaCLIP)
     BALANCED_OUT = "balanced_out"  # every matched entry lost its MetaCLIP keep draw
@@ -100,6 +105,12 @@ GATES = (
     ),
     Gate("decode", "decoded", "decode", (R.DECODE_ERROR, R.IMAGE_TOO_SMALL, R.IMAGE_TOO_LARGE)),
     Gate("capfilt", "CapFilt passed", "capfilt", (R.NO_MATCHING_TEXT,)),
+    Gate(
+        "dedup",
+        "deduplicated",
+        "select",
+        (R.EVAL_OVERLAP, R.DUPLICATE, R.NEAR_DUPLICATE, R.SEMANTIC_DUPLICATE, R.REPEATED_CAPTION),
+    ),
     Gate("score", "scored", "select", (R.BELOW_SCORE_QUANTILE,)),
     Gate("balance", "balanced", "select", (R.NO_CONCEPT_MATCH, R.BALANCED_OUT)),
 )
@@ -127,6 +138,9 @@ ANNOTATIONS = pa.schema(
             "dfn", pa.float32()
         ),  # cosine of the image and the chosen caption; null: no scorer
         pa.field("concepts", pa.list_(pa.string())),  # matched entries; null: no balancing
+        pa.field("phash", pa.int64()),  # 64-bit pHash (curation.pipeline.dedup), as int64 bits
+        # L2-normalised image embedding for SemDeDup; null unless [dedup] semantic_threshold
+        pa.field("embedding", pa.list_(pa.float32())),
     ]
 )
 

@@ -41,7 +41,8 @@ def download_web(spec: RunSpec):
 
 @task(cache_policy=NO_CACHE, task_run_name="pretrain-{model}")
 def pretrain(source: str, from_curated: bool, model: str, config: dict) -> dict:
-    pairs = pairs_from_curated(source) if from_curated else pairs_from_raw(source)
+    dedup = from_dict(config).dedup
+    pairs = pairs_from_curated(source) if from_curated else pairs_from_raw(source, dedup)
     if not pairs:
         raise ValueError(
             f"no training pairs in {source}: CapFilt kept no text; lower [capfilt] "

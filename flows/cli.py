@@ -14,7 +14,7 @@ import duckdb
 from curation import config as config_mod
 from curation import sql
 from curation.outputs import stats
-from curation.pipeline import select, urls
+from curation.pipeline import duplicates, select, urls
 from flows.cli_args import parser
 
 # Errors that mean "fix your command": one line, exit code 2, before any work. Every such error
@@ -43,6 +43,8 @@ def run_config(args) -> config_mod.RunConfig:
         cfg.capfilt.filter = args.filter
     if args.allow_private_network:
         cfg.download.allow_private_network = True
+    extra = [str(Path(p).resolve()) for p in args.decontaminate]
+    cfg.dedup.decontaminate = [*cfg.dedup.decontaminate, *extra]
     return cfg
 
 
@@ -58,6 +60,7 @@ def checked_run_config(args) -> tuple[config_mod.RunConfig, str | None]:
     limits = models.captioner_text_limits(cfg.capfilt.captioner)
     models.check_caption_length(*limits, cfg.capfilt.sampling())
     select.check_sources(cfg.select)
+    duplicates.check_sources(cfg.dedup)
     _quiet()
     return cfg, caption_col
 
@@ -187,7 +190,11 @@ def cmd_bootstrap(args) -> int:
     caption_col = args.caption_col or None
     urls.read_url_list(args.urls, args.url_col, caption_col)
     check_bootstrap_files(args)
+    if not args.no_decontaminate:  # the loop's own eval and clean images are not web data
+        held = [p for p in (args.eval, args.clean) if p]
+        cfg.dedup.decontaminate += [str(Path(p).resolve()) for p in held]
     select.check_sources(cfg.select)  # a bad concept list or scorer: now, not after training
+    duplicates.check_sources(cfg.dedup)
     from curation.models import blip as models
     from curation.models import tiny
 

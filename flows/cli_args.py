@@ -21,6 +21,14 @@ def add_run_options(r: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow loopback/private addresses (tests, demo, intranet mirrors)",
     )
+    r.add_argument(
+        "--decontaminate",
+        nargs="+",
+        default=[],
+        metavar="EVAL.parquet",
+        help="reject web images that are near duplicates (pHash) of these Parquet files' images "
+        "(reject reason eval_overlap); adds to [dedup] decontaminate",
+    )
 
 
 def add_scale_out_options(r: argparse.ArgumentParser) -> None:
@@ -113,6 +121,12 @@ def _bootstrap(sub) -> None:
         action="store_true",
         help="also train one model per data variant (raw, +filter, +captioner, ...) "
         "on the same budget and write RUN_DIR/ablation.md",
+    )
+    b.add_argument(
+        "--no-decontaminate",
+        action="store_true",
+        help="keep web copies of the --eval and --clean images (by default they are rejected "
+        "as eval_overlap, and left out of round 0's raw pairs)",
     )
     add_run_options(b)
 

@@ -95,7 +95,8 @@ def hostile_run(tmp_path_factory, web, tiny_models, prefect_harness):
 
     Returns (run_dir, rows, expected, argv): rows[i] is sample i's URL list row (url, caption,
     case name), expected[i] its outcome. itm_threshold 0 lets every decodable image through,
-    so each outcome is the input's doing, not the random tiny filter's.
+    so each outcome is the input's doing, not the random tiny filter's; dedup is off, as many
+    cases serve the same image (tests/test_dedup_run.py plants its copies).
     """
     from flows import cli
 
@@ -115,7 +116,7 @@ def hostile_run(tmp_path_factory, web, tiny_models, prefect_harness):
         "batch_size = 3\nmax_new_tokens = 6\nmin_new_tokens = 2\n"
         f"max_image_pixels = {hostile_corpus.MAX_PIXELS}\n"
         f"[download]\ntimeout = {hostile_corpus.TIMEOUT}\nmax_bytes = {hostile_corpus.MAX_BYTES}\n"
-        '[select]\nmetadata = ""\n'
+        '[select]\nmetadata = ""\n[dedup]\nexact = false\nnear_duplicates = false\n'
     )
     argv = run_argv(root, root / "run", tiny_models)
     assert cli.main(argv) == 0

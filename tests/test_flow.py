@@ -375,6 +375,7 @@ def test_retry_failed_fetches_only_transient_failures_and_redoes_what_they_chang
         (tmp_path / "cfg.toml").write_text(
             "[sharding]\nshard_size = 2\n[capfilt]\nitm_threshold = 0.0\nnum_captions = 1\n"
             'max_new_tokens = 4\nmin_new_tokens = 1\n[select]\nmetadata = ""\n'
+            "[dedup]\nexact = false\nnear_duplicates = false\n"  # one image under three URLs
         )
         out = tmp_path / "run"
         argv = run_argv(tmp_path, out, tiny_models)

@@ -27,10 +27,10 @@ BALANCE_ONLY = SelectConfig(scorer="", metadata="default", t=100)
 
 
 def annotations(rows: list[tuple]) -> pa.Table:
-    """ANNOTATIONS from (sample_id, dfn, concepts) tuples."""
+    """ANNOTATIONS from (sample_id, dfn, concepts[, phash, embedding]) tuples."""
     names = select.ANNOTATIONS.names
     return pa.Table.from_pylist(
-        [dict(zip(names, r, strict=True)) for r in rows], schema=select.ANNOTATIONS
+        [dict(zip(names[: len(r)], r, strict=True)) for r in rows], schema=select.ANNOTATIONS
     )
 
 

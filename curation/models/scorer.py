@@ -82,6 +82,12 @@ class Scorer(models.OnDevice):
             scores.extend(self._score_batch(pixels, chunk))
         return scores
 
+    def embed_images(self, pixel_values: torch.Tensor) -> list[list[float]]:
+        """Unit-norm image embeddings (N, E) as lists of floats: SemDeDup's input."""
+        with torch.inference_mode():
+            pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
+            return self.image_embeds(pixel_values).float().tolist()
+
     def _score_batch(self, pixel_values: torch.Tensor, texts: list[str]) -> list[float]:
         with torch.inference_mode():
             pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)

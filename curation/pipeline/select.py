@@ -44,7 +44,7 @@ import pyarrow as pa
 
 from curation import io, schema, sql
 from curation.config import SelectConfig
-from curation.pipeline import balance
+from curation.pipeline import balance, dedup, duplicates
 from curation.pipeline.concepts import ConceptMatcher, csr_to_lists, load_metadata
 from curation.pipeline.images import decode_image
 from curation.rundir import RunDir
@@ -123,27 +123,35 @@ def annotate(
     scorer: Scorer | None,
     matcher: ConceptMatcher | None,
     *,
+    embedder: Scorer | None = None,
     batch_size: int = 64,
     num_workers: int = 1,
 ) -> pa.Table:
     """ANNOTATIONS for CapFilt's survivors (``schema.CURATED`` rows): the DFN score of the image
-    with its chosen caption, and the concept-list entries that caption matches.
+    with its chosen caption, the concept-list entries that caption matches, the image's pHash
+    and, with an ``embedder`` (SemDeDup), its image embedding.
 
-    Pure except the model call. Images are decoded (``images.decode_image``, which already
-    passed CapFilt's size guards) and preprocessed ``num_workers`` threads ahead of the scorer.
+    Pure except the model calls. Images are decoded (``images.decode_image``, which already
+    passed CapFilt's size guards) and preprocessed ``num_workers`` threads ahead of the models.
     """
     captions = curated["caption"]
-    dfn = None
-    if scorer is not None:
-        dfn = _dfn_scores(
-            scorer, curated["image"].to_pylist(), captions.to_pylist(), batch_size, num_workers
-        )
+    notes = _image_notes(
+        scorer,
+        embedder,
+        curated["image"].to_pylist(),
+        captions.to_pylist(),
+        batch_size,
+        num_workers,
+    )
     concepts = None if matcher is None else _matched_entries(matcher, captions)
+    none = [None] * len(curated)
     return pa.table(
         {
             "sample_id": curated["sample_id"],
-            "dfn": pa.array(dfn if dfn is not None else [None] * len(curated), pa.float32()),
-            "concepts": pa.array(concepts or [None] * len(curated), pa.list_(pa.string())),
+            "dfn": pa.array(notes["dfn"], pa.float32()),
+            "concepts": pa.array(concepts or none, pa.list_(pa.string())),
+            "phash": pa.array(notes["phash"], pa.int64()),
+            "embedding": pa.array(notes["embedding"], pa.list_(pa.float32())),
         },
         schema=ANNOTATIONS,
     )
@@ -157,21 +165,36 @@ def _matched_entries(matcher: ConceptMatcher, captions: pa.ChunkedArray) -> list
     return [list(dict.fromkeys(entries[i] for i in ids)) for ids in per_text]
 
 
-def _dfn_scores(
-    scorer: Scorer, images: list[bytes], texts: list[str], batch_size: int, num_workers: int
-) -> list[float | None]:
-    """Score per row; None for an image that no longer decodes (kept as data, not raised)."""
-    scores: list[float | None] = [None] * len(images)
+def _image_notes(
+    scorer: Scorer | None,
+    embedder: Scorer | None,
+    images: list[bytes],
+    texts: list[str],
+    batch_size: int,
+    num_workers: int,
+) -> dict[str, list]:
+    """Per row: DFN score, pHash (signed int64 bits) and embedding; None for an image that no
+    longer decodes (kept as data, not raised) and for what no model computes."""
+    notes = {name: [None] * len(images) for name in ("dfn", "phash", "embedding")}
+    models = {id(m): m for m in (scorer, embedder) if m is not None}.values()  # each once
 
     def prepare(start: int):
         decoded = [decode_image(b, 0, sys.maxsize) for b in images[start : start + batch_size]]
         rows = [start + i for i, d in enumerate(decoded) if d.image is not None]
-        return rows, scorer.preprocess([d.image for d in decoded if d.image is not None])
+        good = [d.image for d in decoded if d.image is not None]
+        hashes = dedup.to_signed(np.array([dedup.perceptual_hash(im) for im in good], np.uint64))
+        return rows, hashes.tolist(), {id(m): m.preprocess(good) for m in models}
 
-    for rows, pixels in _ahead(prepare, range(0, len(images), batch_size), num_workers):
-        for row, value in zip(rows, scorer.score(pixels, [texts[r] for r in rows]), strict=True):
-            scores[row] = value
-    return scores
+    for rows, hashes, pixels in _ahead(prepare, range(0, len(images), batch_size), num_workers):
+        columns = {"phash": hashes}
+        if scorer is not None and rows:
+            columns["dfn"] = scorer.score(pixels[id(scorer)], [texts[r] for r in rows])
+        if embedder is not None and rows:
+            columns["embedding"] = embedder.embed_images(pixels[id(embedder)])
+        for name, values in columns.items():
+            for row, value in zip(rows, values, strict=True):
+                notes[name][row] = value
+    return notes
 
 
 def _ahead(fn: Callable, items: Iterable, num_workers: int, depth: int = 2) -> Iterable:
@@ -196,14 +219,27 @@ def _ahead(fn: Callable, items: Iterable, num_workers: int, depth: int = 2) -> I
 
 
 def connect(run_dir: RunDir | str | Path) -> duckdb.DuckDBPyConnection:
-    """DuckDB with an ``annotations`` view over the run's annotations (empty if none)."""
+    """DuckDB over the run's CapFilt survivors: ``annotated`` (every annotation), ``survivors``
+    (their CapFilt rows, without image bytes), ``removed`` (the dedup stage's REMOVALS, empty
+    until ``exclude``) and ``annotations``: the annotations of the rows dedup did not remove,
+    the pool that scoring and balancing see."""
     con = duckdb.connect()
-    files = [sql.literal_path(p) for p in RunDir.of(run_dir).shard_files("annotations")]
-    if files:
-        con.read_parquet(files).create_view("annotations")
-    else:
-        con.register("annotations", ANNOTATIONS.empty_table())
+    run_dir = RunDir.of(run_dir)
+    views = {"annotated": ("annotations", ANNOTATIONS), "survivors": ("capfilt", schema.CURATED)}
+    for view, (kind, table_schema) in views.items():
+        files = [sql.literal_path(p) for p in run_dir.shard_files(kind)]
+        if files:
+            con.read_parquet(files).create_view(view)
+        else:
+            con.register(view, table_schema.empty_table())
+    exclude(con, duplicates.REMOVALS.empty_table())
+    con.sql(sql.load("select_pool"))
     return con
+
+
+def exclude(con: duckdb.DuckDBPyConnection, removed: pa.Table) -> None:
+    """Take the dedup stage's REMOVALS out of the ``annotations`` pool of ``connect``."""
+    con.register("removed", removed)
 
 
 def _one(con: duckdb.DuckDBPyConnection, name: str, **params) -> dict:
@@ -223,6 +259,7 @@ class SelectionPlan:
     rows: int  # annotated rows in the pool
     score: dict | None = None  # DFN threshold and score statistics; None: no scorer
     balance: dict | None = None  # MetaCLIP t, head entry counts and statistics; None: no list
+    dedup: dict | None = None  # the dedup stage: settings, removals by reason, eval sets
     sample_key: str = "schema.sample_key(sample_id)"  # what the draws are keyed by
     version: int = PLAN_VERSION
 
@@ -387,11 +424,15 @@ def balance_keep(sample_id: int, entries: Sequence[str], probs: Probabilities, s
 
 
 def decide(
-    annotations: pa.Table, plan: SelectionPlan | dict, cfg: SelectConfig | None = None
+    annotations: pa.Table,
+    plan: SelectionPlan | dict,
+    cfg: SelectConfig | None = None,
+    removed: pa.Table | None = None,
 ) -> pa.Table:
     """DECISIONS for a shard's ANNOTATIONS from the run's plan: pure, no I/O, row by row.
 
-    Checks run in the plan's order; a row gets the reason of the first check it fails. When
+    A row the dedup stage removed (``removed``: REMOVALS, any rows of the run) gets its reason;
+    the others run the checks in the plan's order and get the reason of the first they fail. When
     ``cfg`` is given it must be the configuration the plan was made with (ValueError otherwise:
     rerun the global step).
     """
@@ -403,8 +444,14 @@ def decide(
         )
     checks = _checks(plan)
     ids = annotations["sample_id"].to_pylist()
+    copies = {} if removed is None else {r["sample_id"]: r for r in removed.to_pylist()}
     columns = (annotations[c].to_pylist() for c in ("dfn", "concepts"))
-    verdicts = [_verdict(checks, *row) for row in zip(ids, *columns, strict=True)]
+    verdicts = [
+        (copies[row[0]]["reason"], copies[row[0]]["detail"])
+        if row[0] in copies
+        else _verdict(checks, *row)
+        for row in zip(ids, *columns, strict=True)
+    ]
     reasons = [reason for reason, _ in verdicts]
     return pa.table(
         {

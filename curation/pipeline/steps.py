@@ -19,11 +19,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation import io, schema
+from curation import io, schema, sql
 from curation.config import RunConfig, SelectConfig
 from curation.models import blip as models
 from curation.models import scorer as scoring
-from curation.pipeline import capfilt, download, select
+from curation.pipeline import capfilt, download, duplicates, select
 from curation.rundir import RunDir
 
 
@@ -99,14 +99,28 @@ def load_selectors(scorer_id: str, metadata: str, casefold: bool):
     return scorer, select.load_matcher(cfg)
 
 
+@lru_cache(maxsize=1)
+def load_embedder(filter_id: str):
+    """The CapFilt filter as an ITC model: SemDeDup's image embeddings without a DFN scorer."""
+    device, dtype = models.pick_device()
+    return scoring.load_scorer(filter_id, device, dtype)
+
+
 def annotate_shard(run_dir: RunDir, shard: int, cfg: RunConfig) -> dict:
-    """DFN score and concept matches of one shard's CapFilt survivors."""
+    """DFN score, concept matches, pHash (and embedding) of one shard's CapFilt survivors."""
     c = cfg.select
     scorer, matcher = load_selectors(c.scorer, c.metadata, c.casefold)
+    semantic = cfg.dedup.semantic_threshold > 0
+    embedder = (scorer or load_embedder(cfg.capfilt.filter)) if semantic else None
     passed = pq.read_table(run_dir.shard_file("capfilt", shard))
     with models.torch_threads(cfg.sharding.torch_threads) as threads:
         notes = select.annotate(
-            passed, scorer, matcher, batch_size=c.batch_size, num_workers=c.num_workers
+            passed,
+            scorer,
+            matcher,
+            embedder=embedder,
+            batch_size=c.batch_size,
+            num_workers=c.num_workers,
         )
     io.write_parquet(notes, run_dir.shard_file("annotations", shard), schema.ANNOTATIONS)
     return {"rows": len(notes), "torch_threads": threads}
@@ -116,8 +130,15 @@ def plan_run(run_dir: RunDir, cfg: RunConfig) -> dict:
     """The run's global selection plan (selection.json), computed once over every shard."""
     if run_dir.selection.exists():
         return select.SelectionPlan.read(run_dir.selection).to_dict()
-    plan = select.global_plan(run_dir, cfg.select)
-    plan.write(run_dir.selection)
+    con = select.connect(run_dir)
+    evals = duplicates.eval_hashes(cfg.dedup.decontaminate) if cfg.dedup.decontaminate else None
+    rows = con.sql(sql.load("dedup_rows")).to_arrow_table()
+    removed = duplicates.removals(rows, cfg.dedup, evals)
+    io.write_parquet(removed, run_dir.duplicates, duplicates.REMOVALS)
+    select.exclude(con, removed)
+    plan = select.global_plan(con, cfg.select)
+    plan.dedup = duplicates.summary(removed, cfg.dedup, evals)
+    plan.write(run_dir.selection)  # last: its presence says the plan is done
     return plan.to_dict()
 
 
@@ -126,7 +147,8 @@ def select_shard(run_dir: RunDir, shard: int, cfg: RunConfig) -> dict:
     plan = select.SelectionPlan.read(run_dir.selection)
     passed = pq.read_table(run_dir.shard_file("capfilt", shard))
     notes = pq.read_table(run_dir.shard_file("annotations", shard))
-    decisions = select.decide(notes, plan, cfg.select)
+    removed = pq.read_table(run_dir.duplicates, filters=[("sample_id", "in", notes["sample_id"])])
+    decisions = select.decide(notes, plan, cfg.select, removed)
     io.write_parquet(decisions, run_dir.shard_file("decisions", shard), schema.DECISIONS)
     curated, rejects = capfilt.apply_decisions(passed, notes, decisions, shard)
     io.write_parquet(curated, run_dir.shard_file("shards", shard), schema.CURATED)
@@ -247,4 +269,5 @@ def forget_from(run_dir: RunDir, name: str, shard: int) -> None:
         for marker in run_dir.markers(STEPS[-1].name):
             marker.unlink(missing_ok=True)
         run_dir.selection.unlink(missing_ok=True)
+        run_dir.duplicates.unlink(missing_ok=True)
     run_dir.manifest.unlink(missing_ok=True)

@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import torch
 from transformers import BlipProcessor
 
-from curation.config import CapFiltConfig, ConfigError, TrainConfig
+from curation.config import CapFiltConfig, ConfigError, DedupConfig, TrainConfig
 from curation.models.blip import preprocess
+from curation.pipeline import duplicates
 from curation.pipeline.images import decode_image
 from curation.rundir import RunDir
 
@@ -37,8 +38,11 @@ def pairs_from_curated(run_dir: str | Path) -> list[tuple[bytes, str]]:
     return pairs
 
 
-def pairs_from_raw(run_dir: str | Path) -> list[tuple[bytes, str]]:
-    """(image bytes, web text) for every downloaded image with non-empty alt-text (raw/).
+def pairs_from_raw(
+    run_dir: str | Path, dedup: DedupConfig | None = None
+) -> list[tuple[bytes, str]]:
+    """(image bytes, web text) for every downloaded image with non-empty alt-text (raw/),
+    except near duplicates of the images of ``dedup.decontaminate`` (eval_overlap).
 
     Round 0 of the loop: BLIP's first model learns from the noisy web as it is.
     """
@@ -48,6 +52,9 @@ def pairs_from_raw(run_dir: str | Path) -> list[tuple[bytes, str]]:
         table = table.filter(pc.equal(table["status"], "success"))
         images, texts = table["image"].to_pylist(), table["web_text"].to_pylist()
         pairs += [(i, t) for i, t in zip(images, texts, strict=True) if t and t.strip()]
+    if dedup is not None and dedup.decontaminate:
+        leaks = duplicates.eval_copies([i for i, _ in pairs], dedup)
+        pairs = [pair for pair, leak in zip(pairs, leaks, strict=True) if not leak]
     return pairs
 
 

@@ -1,0 +1,227 @@
+"""The dedup stage of a run: which CapFilt survivors are copies or evaluation leaks.
+
+Decided once over the whole run, in the global plan (``select.global_plan``), before DFN scoring
+and MetaCLIP balancing, so a decision never depends on shards or workers. In this order, each
+pass over the rows the passes before it left:
+
+1. ``eval_overlap``: within ``hash_distance`` (pHash) of an image of a ``--decontaminate`` set
+   (DataComp removed its evaluation sets' near duplicates from its pool, arXiv 2304.14108).
+2. ``duplicate``: the same sha256 of the bytes as another row.
+3. ``near_duplicate``: pHash within ``hash_distance`` (re-encoded, resized, cropped copies).
+4. ``semantic_duplicate``: SemDeDup (Abbas et al. 2023, arXiv 2303.09540), cosine of the image
+   embeddings >= ``semantic_threshold`` within a k-means cluster.
+5. ``repeated_caption``: more than ``max_images_per_caption`` images with one chosen caption.
+
+Each group of copies keeps one representative: the best chosen caption by ITM, ties by the
+smaller key. A removed row's detail names the representative's key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation import schema
+from curation.config import ConfigError, DedupConfig
+from curation.pipeline import dedup
+from curation.pipeline.images import decode_image
+
+R = schema.Reason
+REMOVALS = pa.schema(
+    [
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+    ]
+)
+EVAL_BATCH_ROWS = 256  # eval images decoded at a time: memory stays bounded for any set size
+
+
+def check_sources(cfg: DedupConfig) -> None:
+    """Refuse, before any work, a --decontaminate file that is not a Parquet file with an
+    ``image`` column of bytes (ConfigError, one line)."""
+    for path in cfg.decontaminate:
+        try:
+            field = pq.read_schema(path).field("image")
+        except (OSError, KeyError, pa.ArrowInvalid) as err:
+            raise ConfigError(
+                f"--decontaminate {path}: not a Parquet file with an image column "
+                f"({type(err).__name__})"
+            ) from None
+        if not pa.types.is_binary(field.type) and not pa.types.is_large_binary(field.type):
+            raise ConfigError(f"--decontaminate {path}: image column holds {field.type}, not bytes")
+
+
+def eval_hashes(paths: list[str]) -> dict:
+    """pHashes of every decodable image of the --decontaminate files: {hashes (uint64 [E]),
+    names (FILE:ROW per hash), files ({path: sha256, rows, undecodable})}."""
+    hashes, names, files = [], [], {}
+    for path in paths:
+        rows = undecodable = 0
+        for batch in pq.ParquetFile(path).iter_batches(EVAL_BATCH_ROWS, columns=["image"]):
+            for data in batch.column(0).to_pylist():
+                decoded = decode_image(data, 1, 1 << 62) if data else None
+                if decoded is None or decoded.image is None:
+                    undecodable += 1
+                else:
+                    hashes.append(dedup.perceptual_hash(decoded.image))
+                    names.append(f"{Path(path).name}:{rows}")
+                rows += 1
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        files[path] = {"sha256": digest, "rows": rows, "undecodable": undecodable}
+    return {"hashes": np.array(hashes, np.uint64), "names": names, "files": files}
+
+
+def eval_copies(images: list[bytes], cfg: DedupConfig) -> list[bool]:
+    """Per image: whether it is within ``hash_distance`` of an image of ``cfg.decontaminate``
+    (an image that does not decode is no copy)."""
+    evals = eval_hashes(cfg.decontaminate)
+    decoded = [decode_image(data, 1, 1 << 62).image for data in images]
+    hashed = [i for i, image in enumerate(decoded) if image is not None]
+    hashes = np.array([dedup.perceptual_hash(decoded[i]) for i in hashed], np.uint64)
+    match = dedup.nearest_matches(hashes, evals["hashes"], cfg.hash_distance)
+    copies = [False] * len(images)
+    for i, m in zip(hashed, match, strict=True):
+        copies[i] = bool(m >= 0)
+    return copies
+
+
+def removals(rows: pa.Table, cfg: DedupConfig, evals: dict | None = None) -> pa.Table:
+    """REMOVALS for the run's survivors ``rows`` (sample_id, sha256, caption, caption_itm,
+    phash, embedding; one row per survivor), from ``cfg`` and ``eval_hashes``' result."""
+    pool = _Pool(rows)
+    if evals is not None and len(evals["hashes"]):
+        _eval_overlap(pool, evals, cfg.hash_distance)
+    if cfg.exact:
+        members = pool.left()
+        _, labels = np.unique(np.array(pool.sha, object)[members], return_inverse=True)
+        pool.keep_best(R.DUPLICATE, members, labels, lambda row, rep: f"sha256 {pool.sha[row]}")
+    if cfg.near_duplicates:
+        members = pool.left(pool.hashed)
+        # equal hashes are one group already: search among distinct ones (a placeholder on
+        # 10,000 URLs would otherwise make 50M pairs)
+        distinct, inverse = np.unique(pool.hashes[members], return_inverse=True)
+        pairs = dedup.near_duplicate_pairs(distinct, cfg.hash_distance)
+        pool.keep_best(
+            R.NEAR_DUPLICATE,
+            members,
+            dedup.duplicate_groups(len(distinct), pairs)[inverse],
+            lambda row, rep: f"pHash distance {_hamming(pool.hashes[row], pool.hashes[rep])}",
+        )
+    if cfg.semantic_threshold > 0:
+        _semantic(pool, rows["embedding"].to_pylist(), cfg.semantic_threshold)
+    if cfg.max_images_per_caption > 0:
+        _cap_captions(pool, rows["caption"].to_pylist(), cfg.max_images_per_caption)
+    return pool.table()
+
+
+class _Pool:
+    """The survivors as arrays, which of them each pass has left, and what was removed."""
+
+    def __init__(self, rows: pa.Table):
+        self.ids = rows["sample_id"].to_numpy()
+        self.keys = [schema.sample_key(int(i)) for i in self.ids]
+        self.sha = rows["sha256"].to_pylist()
+        phash = rows["phash"].to_pylist()
+        self.hashed = np.array([h is not None for h in phash], bool)
+        self.hashes = dedup.to_unsigned(np.array([h or 0 for h in phash], np.int64))
+        itm = np.array(rows["caption_itm"].to_pylist(), float)
+        order = np.lexsort((np.array(self.keys), -itm))  # best ITM first, then smaller key
+        self.rank = np.empty(len(self.ids), np.int64)
+        self.rank[order] = np.arange(len(self.ids))
+        self.alive = np.ones(len(self.ids), bool)
+        self.found: dict[int, tuple[str, str]] = {}  # row -> (reason, detail)
+
+    def left(self, also: np.ndarray | None = None) -> np.ndarray:
+        """Positions of the rows no pass has removed (and where ``also`` holds)."""
+        return np.flatnonzero(self.alive if also is None else self.alive & also)
+
+    def drop(self, row: int, reason: R, detail: str) -> None:
+        self.found[int(row)] = (reason.value, detail)
+        self.alive[row] = False
+
+    def keep_best(self, reason: R, members: np.ndarray, labels: np.ndarray, note) -> None:
+        """Of each group of ``members`` (one label per member), keep the best ranked one and
+        remove the others, naming the one kept and ``note(row, kept)``."""
+        if not len(members):
+            return
+        kept = members[dedup.representatives(labels, self.rank[members])]
+        for row, rep in zip(members, kept, strict=True):
+            if row != rep:
+                self.drop(row, reason, f"copy of {self.keys[rep]} kept ({note(row, rep)})")
+
+    def table(self) -> pa.Table:
+        listed = sorted(self.found)
+        return pa.table(
+            {
+                "sample_id": self.ids[listed] if listed else np.array([], np.int64),
+                "reason": [self.found[r][0] for r in listed],
+                "detail": [self.found[r][1] for r in listed],
+            },
+            schema=REMOVALS,
+        )
+
+
+def _eval_overlap(pool: _Pool, evals: dict, distance: int) -> None:
+    members = pool.left(pool.hashed)
+    match = dedup.nearest_matches(pool.hashes[members], evals["hashes"], distance)
+    for row, m in zip(members[match >= 0], match[match >= 0], strict=True):
+        gap = _hamming(pool.hashes[row], evals["hashes"][m])
+        pool.drop(
+            row, R.EVAL_OVERLAP, f"near duplicate of {evals['names'][m]} (pHash distance {gap})"
+        )
+
+
+def _semantic(pool: _Pool, embeddings: list, threshold: float) -> None:
+    """SemDeDup over the rows left that have an embedding; about 1,000 rows per k-means cluster
+    (SemDeDup clustered LAION-440M into 50k clusters; pairs are only sought within one)."""
+    members = pool.left(np.array([e is not None for e in embeddings], bool))
+    if len(members) < 2:
+        return
+    vectors = np.array([embeddings[r] for r in members], np.float32)
+    clusters = math.ceil(len(members) / 1000)
+    pairs = dedup.semantic_duplicate_pairs(vectors, threshold, clusters, seed=0)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    place = {int(row): i for i, row in enumerate(members)}
+    pool.keep_best(
+        R.SEMANTIC_DUPLICATE,
+        members,
+        dedup.duplicate_groups(len(members), pairs),
+        lambda row, rep: f"cosine {float(unit[place[row]] @ unit[place[rep]]):.3f}",
+    )
+
+
+def _cap_captions(pool: _Pool, captions: list[str], cap: int) -> None:
+    """Keep the best ``cap`` images of each chosen caption, by rank."""
+    by_caption: dict[str, list[int]] = {}
+    for row in pool.left():
+        by_caption.setdefault(captions[row], []).append(int(row))
+    for caption, group in by_caption.items():
+        group.sort(key=lambda row: pool.rank[row])
+        for row in group[cap:]:
+            detail = (
+                f"caption {caption[:60]!r} already on {cap} images, the best {pool.keys[group[0]]}"
+            )
+            pool.drop(row, R.REPEATED_CAPTION, detail)
+
+
+def _hamming(a: np.uint64, b: np.uint64) -> int:
+    return int(a ^ b).bit_count()
+
+
+def summary(removed: pa.Table, cfg: DedupConfig, evals: dict | None) -> dict:
+    """What selection.json records of the dedup stage: its settings, removals by reason and
+    the eval sets (path -> sha256, rows, undecodable)."""
+    reasons = removed["reason"].to_pylist()
+    return {
+        "settings": dataclasses.asdict(cfg),
+        "removed": {reason: reasons.count(reason) for reason in sorted(set(reasons))},
+        "eval_sets": evals["files"] if evals else {},
+        "eval_images": len(evals["hashes"]) if evals else 0,
+    }
