@@ -142,8 +142,17 @@ def test_hashed_mixer_equals_its_unsigned_32_bit_reference():
     values = edges + torch.randint(0, 2**32, (2000,), generator=rng).tolist()
     mixed = models.mix32(torch.tensor(values, dtype=torch.int64)).tolist()
     assert mixed == [models.mix32_int(v) for v in values]
-    assert models.mix32_int(1) == 0x688990C0  # lowbias32(1), from its C definition
-    assert len(set(mixed)) == len(values)  # a bijection
+    assert models.mix32_int(1) == 0x688990C0  # lowbias32(1): its C code in numpy uint32
+    assert len(set(mixed)) == len(set(values))  # a bijection
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_hashed_noise_is_the_same_on_cpu_and_cuda():
+    keys = torch.tensor([models._row_key(seed, 0) for seed in range(64)])
+    on_cpu = models.hashed_uniforms(keys, 3, 30_522)
+    assert torch.equal(models.hashed_uniforms(keys.cuda(), 3, 30_522).cpu(), on_cpu)
+    gumbel = models.gumbel_noise(keys.cuda(), 3, 30_522).cpu()
+    torch.testing.assert_close(gumbel, models.gumbel_noise(keys, 3, 30_522))
 
 
 def test_hashed_uniforms_are_uniform_open_and_24_bit():

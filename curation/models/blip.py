@@ -315,8 +315,10 @@ class PerRowSampler(LogitsProcessor):
     reused). A row's noise thus depends on its key and step alone, never on the other rows,
     and one step is a fixed handful of batched kernels on the scores' device, whatever the
     batch size (the per-row torch generators it replaces launched ~3 kernels per row).
-    An integer hash is device-independent: captions are the same on CPU and CUDA (torch's
-    CPU and CUDA generators give different streams).
+    An integer hash is device-independent: the uniforms are bit for bit the same on CPU and
+    CUDA (torch's CPU and CUDA generators give unrelated streams), so equal scores give the
+    same draw on both, short of a near-tie that the last bit of `log` decides. (The models'
+    scores themselves differ between devices and dtypes, so captions still may.)
 
     Raises ValueError when scores has a different number of rows than keys (e.g. beam search,
     whose rows are not one caption each).
