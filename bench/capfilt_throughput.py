@@ -24,17 +24,26 @@ On a CPU shared with other work, torch's OpenMP threads spin-wait at every barri
 (libgomp spins before it sleeps); a thread that gets descheduled holds up every op, so both
 passes run many times slower and erratically, the stage (which adds a decode thread) the worst.
 OMP_WAIT_POLICY=PASSIVE in the environment, or `--torch-threads 1`, keeps them stable.
+
+`--sampler` times the caption sampler alone instead (no models, no images): seconds per
+decoding step of `PerRowSampler` (top-p, counter-based Gumbel noise) against the per-row torch
+generators it replaced (a private copy here), at 8, 64 and 512 rows of BERT's 30,522-token
+vocabulary, printed as a markdown table:
+
+    .venv/bin/python bench/capfilt_throughput.py --sampler
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import os
 import pstats
 import statistics
 import sys
 import time
+from functools import partial
 from io import BytesIO
 from pathlib import Path
 
@@ -45,6 +54,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from PIL import Image
+from transformers import LogitsProcessor, TopPLogitsWarper
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -85,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/capfilt_bench"), help="checkpoints")
     p.add_argument("--torch-threads", type=int, default=0, help="intra-op threads (0: torch's)")
     p.add_argument("--profile", type=Path, help="write a cProfile of one stage pass here")
+    p.add_argument("--sampler", action="store_true", help="time the caption sampler alone")
+    p.add_argument("--sampler-rows", default="8,64,512", help="comma-separated batch rows")
+    p.add_argument("--vocab", type=int, default=30_522, help="--sampler: BERT's vocabulary")
     return p.parse_args(argv)
 
 
@@ -355,10 +368,89 @@ def report(pairs: list[tuple[float, float]], n: int, outputs_match: bool) -> flo
     return efficiency
 
 
+# --------------------------------------------------------------------------- sampler
+
+
+class OldPerRowSampler(LogitsProcessor):
+    """The sampler before issue 14, kept for comparison: one torch generator per row and one
+    `torch.rand(vocab)` per row and step (a Python loop of ~3 kernels per row)."""
+
+    def __init__(self, keys: list[tuple[int, int]], top_p: float, device="cpu"):
+        self.top_p = TopPLogitsWarper(top_p=top_p) if top_p < 1.0 else None
+        self.generators = [
+            torch.Generator(device).manual_seed(_old_row_seed(seed, k)) for seed, k in keys
+        ]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.top_p is not None:
+            scores = self.top_p(input_ids, scores)
+        return scores.float() + self.noise(input_ids.shape[1], scores.shape[1])
+
+    def noise(self, step: int, vocab: int) -> torch.Tensor:
+        """Gumbel noise, one generator draw per row (the generators keep the step). (rows, V)"""
+        device = self.generators[0].device
+        noise = torch.stack(
+            [torch.rand(vocab, generator=g, device=device) for g in self.generators]
+        )
+        return -torch.log(-torch.log(noise.clamp_min(1e-20)))
+
+
+def _old_row_seed(seed: int, caption_index: int) -> int:
+    digest = hashlib.blake2b(repr((seed, caption_index)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def best_seconds(call, repeat: int) -> float:
+    """Fastest of `repeat` timed calls, after one untimed warm-up (timeit's rule, as `report`)."""
+    call()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def time_sampler(cls, rows: int, vocab: int, repeat: int) -> tuple[float, float]:
+    """Seconds of one decoding step of sampler `cls` on (rows, vocab) scores at top_p 0.9, and
+    of its Gumbel noise alone (the step also pays HF's top-p, the same in both: a sort)."""
+    sampler = cls([(i // 3, i % 3) for i in range(rows)], top_p=0.9)  # 3 captions per image
+    scores = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(rows)) * 4
+    input_ids = torch.zeros(rows, 6, dtype=torch.long)  # the step: 6 tokens so far
+    if isinstance(sampler, OldPerRowSampler):
+        noise = partial(sampler.noise, 6, vocab)
+    else:
+        noise = partial(models.gumbel_noise, sampler.row_keys, 6, vocab)
+    step = best_seconds(lambda: sampler(input_ids, scores.clone()), repeat)
+    return step, best_seconds(noise, repeat)
+
+
+def sampler_main(args: argparse.Namespace) -> None:
+    """Print the per-step time of the old and new samplers side by side, one row per batch."""
+    print(f"device cpu  vocab {args.vocab}  top_p 0.9  best of {args.repeat}  ", end="")
+    print(f"torch threads {torch.get_num_threads()}  load avg {load_avg()}\n")
+    print(
+        "| rows | step: per-row generators (s) | step: counter-based (s) | old / new "
+        "| noise only: old (s) | noise only: new (s) | old / new |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for rows in (int(r) for r in args.sampler_rows.split(",")):
+        old, old_noise = time_sampler(OldPerRowSampler, rows, args.vocab, args.repeat)
+        new, new_noise = time_sampler(models.PerRowSampler, rows, args.vocab, args.repeat)
+        print(
+            f"| {rows} | {old:.4f} | {new:.4f} | {old / new:.2f} "
+            f"| {old_noise:.4f} | {new_noise:.4f} | {old_noise / new_noise:.2f} |"
+        )
+    print(f"\nload avg after {load_avg()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
+    if args.sampler:
+        sampler_main(args)
+        return 0
     cfg = stage_config(args)
     captioner, filt = load_models(args.size, args.workdir)
     jpegs = make_jpegs(args.images, args.image_side)

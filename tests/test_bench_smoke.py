@@ -66,6 +66,13 @@ def test_throughput_script_times_both_passes_and_outputs_agree(
     assert "outputs identical in both passes: True" in out
 
 
+def test_throughput_script_times_both_samplers(throughput, capsys):
+    argv = ["--sampler", "--sampler-rows", "2,3", "--vocab", "50", "--repeat", "1"]
+    assert throughput.main(argv) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in table] == ["| rows", "| 2", "| 3"]
+
+
 def test_cc3m_script_url_list_reads_back_with_empty_captions(cc3m, tmp_path):
     tsv = tmp_path / "captions.tsv"
     tsv.write_text('file\tcaption\na.jpg\ta "quoted" dog\nb\t\n', encoding="utf-8")

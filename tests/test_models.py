@@ -114,16 +114,100 @@ def test_an_images_captions_do_not_depend_on_its_batch(captioner):
     assert len({tuple(c) for c in together}) > 1  # the seeds matter
 
 
+def sampler_noise(keys: list[tuple[int, int]], step: int, vocab: int) -> torch.Tensor:
+    """What PerRowSampler adds to flat scores at `step` tokens so far (top_p 1: no nucleus)."""
+    sampler = models.PerRowSampler(keys, top_p=1.0)
+    return sampler(torch.zeros(len(keys), step, dtype=torch.long), torch.zeros(len(keys), vocab))
+
+
+def test_per_row_sampler_noise_does_not_depend_on_the_batch():
+    """A row's noise is a function of its key and step: alone, among 99 others, or reordered."""
+    rng = torch.Generator().manual_seed(0)
+    keys = [(int(s), int(k)) for s, k in torch.randint(0, 2**40, (100, 2), generator=rng)]
+    for step in (1, 4, 30):
+        together = sampler_noise(keys, step, 500)
+        alone = sampler_noise([keys[37]], step, 500)
+        assert torch.equal(together[37], alone[0])
+        assert torch.equal(sampler_noise(keys[::-1], step, 500).flip(0), together)
+    with pytest.raises(ValueError, match="3 row keys but got scores for 2 rows"):
+        models.PerRowSampler([(0, 0), (0, 1), (0, 2)], top_p=0.9)(
+            torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 10)
+        )
+
+
+def test_hashed_mixer_equals_its_unsigned_32_bit_reference():
+    """mix32 on int64 tensors (no product overflows) is lowbias32 in uint32 arithmetic."""
+    edges = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, 0xDEADBEEF]
+    rng = torch.Generator().manual_seed(1)
+    values = edges + torch.randint(0, 2**32, (2000,), generator=rng).tolist()
+    mixed = models.mix32(torch.tensor(values, dtype=torch.int64)).tolist()
+    assert mixed == [models.mix32_int(v) for v in values]
+    assert models.mix32_int(1) == 0x688990C0  # lowbias32(1): its C code in numpy uint32
+    assert len(set(mixed)) == len(set(values))  # a bijection
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_hashed_noise_is_the_same_on_cpu_and_cuda():
+    keys = torch.tensor([models._row_key(seed, 0) for seed in range(64)])
+    on_cpu = models.hashed_uniforms(keys, 3, 30_522)
+    assert torch.equal(models.hashed_uniforms(keys.cuda(), 3, 30_522).cpu(), on_cpu)
+    gumbel = models.gumbel_noise(keys.cuda(), 3, 30_522).cpu()
+    torch.testing.assert_close(gumbel, models.gumbel_noise(keys, 3, 30_522))
+
+
+def test_hashed_uniforms_are_uniform_open_and_24_bit():
+    """Mean, variance and a Kolmogorov-Smirnov bound over 1M uniforms of 20 rows x 50k tokens."""
+    keys = torch.tensor([models._row_key(seed, k) for seed in range(10) for k in range(2)])
+    u = models.hashed_uniforms(keys, step=5, vocab=50_000).flatten().double()
+    n = u.numel()
+    assert 0 < u.min() and u.max() < 1  # open: Gumbel noise stays finite
+    assert torch.isfinite(models.gumbel_noise(keys, 5, 50_000)).all()
+    grid = u * 2**24  # k / 2**24, k = 0 raised to 0.5
+    assert ((grid == grid.round()) | (grid == 0.5)).all()
+    assert abs(u.mean() - 0.5) < 4 * (1 / 12 / n) ** 0.5  # 4 standard errors
+    assert abs(u.var() - 1 / 12) < 1e-3
+    ranks = torch.arange(1, n + 1, dtype=torch.float64) / n
+    ks = (ranks - u.sort().values).abs().max()
+    assert ks < 1.63 / n**0.5  # KS critical value at alpha = 0.01
+    assert u.unique().numel() > 0.97 * n  # 24 bits: few repeats among 1M draws
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1].item()
+
+
+def test_different_keys_steps_and_tokens_give_uncorrelated_noise():
+    """Pearson correlation below 0.02 over 100k draws (noise alone: about 0.003) between
+    neighbouring keys, captions, steps and tokens."""
+    vocab = 100_000
+    base = models.hashed_uniforms(torch.tensor([models._row_key(7, 0)]), 3, vocab)[0]
+    others = {
+        "next seed": models.hashed_uniforms(torch.tensor([models._row_key(8, 0)]), 3, vocab)[0],
+        "next caption": models.hashed_uniforms(torch.tensor([models._row_key(7, 1)]), 3, vocab)[0],
+        "next step": models.hashed_uniforms(torch.tensor([models._row_key(7, 0)]), 4, vocab)[0],
+        "next token": torch.roll(base, 1),
+    }
+    for name, other in others.items():
+        assert not torch.equal(base, other), name
+        assert abs(correlation(base, other)) < 0.02, name
+        assert (base == other).float().mean() < 0.01, name
+
+
 def test_per_row_sampler_draws_from_the_nucleus():
-    """Gumbel-max over top-p-filtered logits: frequencies follow the renormalised nucleus."""
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    picks = torch.zeros(4)
-    for seed in range(4000):
-        sampler = models.PerRowSampler([(seed, 0)], top_p=0.9)
-        picks[sampler(torch.zeros(1, 1, dtype=torch.long), logits.clone()).argmax()] += 1
-    assert picks[3] == 0  # outside the 0.9 nucleus
-    expected = torch.tensor([0.5, 0.3, 0.15]) / 0.95
-    assert torch.allclose(picks[:3] / 4000, expected, atol=0.03)
+    """Gumbel-max over top-p-filtered logits: over 20,000 keys at two steps, token frequencies
+    follow the renormalised nucleus (chi-square, 3 degrees of freedom, p = 0.001: 16.27) and
+    tokens outside it are never drawn."""
+    probs = torch.tensor([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])  # top_p 0.85: the first four
+    keys = [(seed, k) for seed in range(10_000) for k in range(2)]
+    sampler = models.PerRowSampler(keys, top_p=0.85)
+    expected = probs[:4] / probs[:4].sum() * len(keys)
+    for step in (1, 9):
+        logits = probs.log().expand(len(keys), -1).clone()
+        picks = sampler(torch.zeros(len(keys), step, dtype=torch.long), logits).argmax(dim=1)
+        counts = torch.bincount(picks, minlength=6).double()
+        assert counts[4:].sum() == 0  # outside the 0.85 nucleus
+        chi_square = ((counts[:4] - expected) ** 2 / expected).sum()
+        assert chi_square < 16.27, (step, counts.tolist())
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ local Hugging Face cache) or from a folder written by `save_pretrained`. Inputs 
 a no-op when the caller already did so, e.g. from pinned memory).
 """
 
+import functools
 import hashlib
 import os
 import re
@@ -301,36 +302,118 @@ class PerRowSampler(LogitsProcessor):
     """Nucleus sampling with one random stream per generated row, via the Gumbel-max trick.
 
     HF's sampler draws the whole batch from one generator, so a caption would depend on which
-    other images share its batch (and so on shard size and worker). Here row r draws from its
-    own generator seeded by `keys[r]` (image seed, caption index): top-p keeps the nucleus,
-    Gumbel noise from that generator is added, and greedy decoding's argmax is then an exact
-    sample from the renormalised nucleus. Runs after HF's repetition and length processors.
+    other images share its batch (and so on shard size and worker). Here row r's noise is a
+    counter-based hash of (keys[r], step, token id) (`gumbel_noise`): top-p keeps the nucleus,
+    that Gumbel noise is added, and greedy decoding's argmax is then an exact sample from the
+    renormalised nucleus (Gumbel-max: Maddison et al. 2014, arXiv 1411.0030; Huijben et al.
+    2022 review). Runs after HF's repetition and length processors.
+
+    keys: one (image seed, caption index) per row of the scores it will see (rows in the order
+    `generate` builds them). The step is input_ids.shape[1], the position of the token being
+    chosen: every row of every batch starts from the same prompt, so it is the number of
+    tokens generated so far plus a constant, whatever the batch (no state: a sampler can be
+    reused). A row's noise thus depends on its key and step alone, never on the other rows,
+    and one step is a fixed handful of batched kernels on the scores' device, whatever the
+    batch size (the per-row torch generators it replaces launched ~3 kernels per row).
+    An integer hash is device-independent: the uniforms are bit for bit the same on CPU and
+    CUDA (torch's CPU and CUDA generators give unrelated streams), so equal scores give the
+    same draw on both, short of a near-tie that the last bit of `log` decides. (The models'
+    scores themselves differ between devices and dtypes, so captions still may.)
+
+    Raises ValueError when scores has a different number of rows than keys (e.g. beam search,
+    whose rows are not one caption each).
     """
 
     def __init__(
         self, keys: list[tuple[int, int]], top_p: float, device: torch.device | str = "cpu"
     ):
         self.top_p = TopPLogitsWarper(top_p=top_p) if top_p < 1.0 else None
-        # On the model's device: a CPU draw per step and row would stall a GPU. CUDA and CPU
-        # generators give different streams; captions are reproducible per device type.
-        self.generators = [
-            torch.Generator(device).manual_seed(_row_seed(seed, k)) for seed, k in keys
-        ]
+        rows = [_row_key(seed, k) for seed, k in keys]  # hashed once here
+        self.row_keys = torch.tensor(rows, dtype=torch.int64, device=device).reshape(-1, 2)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if scores.shape[0] != self.row_keys.shape[0]:
+            raise ValueError(
+                f"PerRowSampler has {self.row_keys.shape[0]} row keys but got scores for "
+                f"{scores.shape[0]} rows (one key per generated sequence; no beam search)"
+            )
         if self.top_p is not None:
             scores = self.top_p(input_ids, scores)
-        vocab, device = scores.shape[1], scores.device
-        noise = torch.stack(
-            [torch.rand(vocab, generator=g, device=device) for g in self.generators]
-        )
-        gumbel = -torch.log(-torch.log(noise.clamp_min(1e-20)))
-        return scores.float() + gumbel
+        keys = self.row_keys.to(scores.device)  # no-op when built on the scores' device
+        noise = gumbel_noise(keys, input_ids.shape[1], scores.shape[1])  # (rows, vocab)
+        return noise.add_(scores)  # float32 (bf16 scores promote): -inf outside the nucleus
 
 
-def _row_seed(seed: int, caption_index: int) -> int:
+# Multipliers of Wellons' "lowbias32" integer hash (hash-prospector, 2018: an avalanche bias
+# of 0.17, below murmur3's fmix32). The second is above 2**31: it is used as its negative
+# residue mod 2**32, so that every product of a 32-bit value fits in int64 without wrapping.
+MIX_MUL = (0x7FEB352D, 0x846CA68B - (1 << 32))
+MASK32 = 0xFFFF_FFFF
+STEP_SALT, TOKEN_SALT = 0x9E3779B9, 0x85EBCA6B  # any constants: keep steps and tokens apart
+UNIFORM_BITS = 24  # float32's significand: u = k / 2**24 is exact
+
+
+def mix32(x: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """lowbias32 in place on int64 values in [0, 2**32): x ^= x >> 16; x *= M1 (mod 2**32); ...
+
+    A bijection of [0, 2**32) in which every output bit depends on every input bit. No step
+    overflows int64 (|x * m| < 2**63), so the result is exact and the same on any device;
+    `mix32_int` is the reference. `scratch`: a buffer of x's shape for the shifts.
+    """
+    scratch = torch.empty_like(x) if scratch is None else scratch
+    for shift, mul in ((16, MIX_MUL[0]), (15, MIX_MUL[1]), (16, None)):
+        x.bitwise_xor_(torch.bitwise_right_shift(x, shift, out=scratch))
+        if mul is not None:
+            x.mul_(mul).bitwise_and_(MASK32)  # two's complement: the low 32 bits of x * m
+    return x
+
+
+def mix32_int(x: int) -> int:
+    """`mix32` of one Python int, in plain unsigned 32-bit arithmetic (the reference)."""
+    for shift, mul in ((16, MIX_MUL[0]), (15, MIX_MUL[1]), (16, None)):
+        x ^= x >> shift
+        if mul is not None:
+            x = (x * (mul & MASK32)) & MASK32
+    return x
+
+
+@functools.lru_cache(maxsize=8)
+def _token_hashes(vocab: int, device: torch.device) -> torch.Tensor:
+    """mix32(token id ^ TOKEN_SALT) for every token id (cached: the same at every step).
+    (vocab,) int64"""
+    return mix32(torch.arange(vocab, dtype=torch.int64, device=device).bitwise_xor_(TOKEN_SALT))
+
+
+def gumbel_noise(row_keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """Standard Gumbel noise -log(-log(u)) of `hashed_uniforms`. (rows, vocab) float32"""
+    return hashed_uniforms(row_keys, step, vocab).log_().neg_().log_().neg_()
+
+
+def hashed_uniforms(row_keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """A uniform in (0, 1) for each (row, token id) at decoding `step`. (rows, vocab) float32
+
+    row_keys: (rows, 2) int64, two 32-bit words per row (`_row_key`). Counter-based: the
+    value at (r, t) is a function of (row_keys[r], step, t) alone, mixed in two stages: a
+    row-step state s = mix32(hi ^ mix32(lo ^ mix32(step ^ STEP_SALT))) that absorbs all 64
+    bits of the key (a 32-bit key would repeat a whole stream for two images in ~2**16), then
+    h = mix32(s ^ mix32(t ^ TOKEN_SALT)); that second mix decorrelates rows whose states
+    differ in a few bits. The first stage costs O(rows), the second O(rows * vocab).
+    The top 24 bits of h make u = k / 2**24 (torch.rand's float32 grid) with k = 0 raised to
+    0.5, so u is in (0, 1) open (a Gumbel of 0 would be -inf) and 2**24 - 1 values apart.
+    """
+    device = row_keys.device
+    low, high = row_keys[:, 0], row_keys[:, 1]
+    state = mix32(high ^ mix32(low ^ mix32_int((step ^ STEP_SALT) & MASK32)))  # (rows,)
+    bits = state[:, None] ^ _token_hashes(vocab, device)[None, :]  # (rows, vocab)
+    bits = mix32(bits).bitwise_right_shift_(32 - UNIFORM_BITS)
+    return bits.float().clamp_(min=0.5).mul_(2.0**-UNIFORM_BITS)
+
+
+def _row_key(seed: int, caption_index: int) -> tuple[int, int]:
+    """(low, high) 32-bit words of a 64-bit blake2b digest of (image seed, caption index)."""
     digest = hashlib.blake2b(repr((seed, caption_index)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+    word = int.from_bytes(digest, "little")
+    return word & MASK32, word >> 32
 
 
 @dataclass
