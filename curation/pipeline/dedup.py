@@ -22,6 +22,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import imagehash
 import numpy as np
@@ -148,32 +149,41 @@ def _brute_force(queries: np.ndarray, refs: np.ndarray, max_distance: int) -> It
         yield q + start, r
 
 
-def _band_table(keys: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(order, starts, counts): references sorted by band key, and each probe key's range."""
-    order = np.argsort(keys, kind="stable")
-    if width <= _MAX_TABLE_BITS:  # direct address: starts/counts indexed by the key itself
+@dataclass(frozen=True)
+class _BandTable:
+    """References sorted by one band's key, and where each key's run starts and ends."""
+
+    order: np.ndarray  # int64 [R]: reference indices by band key
+    bounds: np.ndarray  # int64 [2**width + 1] (direct address) or the sorted keys [R] (search)
+    occupied: np.ndarray | None  # bool [2**width]: some reference has this key (direct only)
+
+    @staticmethod
+    def build(keys: np.ndarray, width: int) -> _BandTable:
+        order = np.argsort(keys, kind="stable")
+        if width > _MAX_TABLE_BITS:
+            return _BandTable(order, keys[order], None)
         counts = np.bincount(keys, minlength=1 << width)
-        return order, np.cumsum(counts) - counts, counts
-    return order, keys[order], np.empty(0, np.int64)  # sorted keys, searched per probe
+        return _BandTable(order, np.concatenate([[0], np.cumsum(counts)]), counts > 0)
 
-
-def _lookup(table, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, counts) in `order` of the references whose band key equals each probe key."""
-    order, starts, counts = table
-    if len(counts):
-        return starts[probe], counts[probe]
-    low = np.searchsorted(starts, probe, side="left")
-    return low, np.searchsorted(starts, probe, side="right") - low
+    def lookup(self, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(probes, starts, counts): the probes some reference's key equals, and where in
+        `order` those references are. The bool table (1 byte a key, cache-resident) screens
+        the probes first: most find nothing, and the bounds table is 8x larger."""
+        if self.occupied is None:
+            low = np.searchsorted(self.bounds, probe, side="left")
+            counts = np.searchsorted(self.bounds, probe, side="right") - low
+            hit = np.flatnonzero(counts)
+            return hit, low[hit], counts[hit]
+        hit = np.flatnonzero(self.occupied[probe])
+        starts = self.bounds[probe[hit]]
+        return hit, starts, self.bounds[probe[hit] + 1] - starts
 
 
 def _chunks(counts: np.ndarray) -> Iterator[np.ndarray]:
-    """Indices of `counts` in runs whose counts sum to about _MAX_CANDIDATES at most."""
-    nonzero = np.flatnonzero(counts)
-    ends = np.cumsum(counts[nonzero])
-    cuts = np.searchsorted(
-        ends, np.arange(_MAX_CANDIDATES, ends[-1] if len(ends) else 0, _MAX_CANDIDATES)
-    )
-    yield from np.split(nonzero, np.unique(cuts))
+    """Index runs of `counts` whose counts sum to about _MAX_CANDIDATES at most."""
+    ends = np.cumsum(counts)
+    limits = np.arange(_MAX_CANDIDATES, ends[-1] if len(ends) else 0, _MAX_CANDIDATES)
+    yield from np.split(np.arange(len(counts)), np.unique(np.searchsorted(ends, limits)))
 
 
 def _multi_index(queries: np.ndarray, refs: np.ndarray, max_distance: int) -> Iterator[Pairs]:
@@ -186,13 +196,15 @@ def _multi_index(queries: np.ndarray, refs: np.ndarray, max_distance: int) -> It
     radius = max_distance // len(bands)
     for b, (shift, width) in enumerate(bands):
         mask = np.uint64((1 << width) - 1)
-        table = _band_table(((refs >> np.uint64(shift)) & mask).astype(np.int64), width)
+        table = _BandTable.build(((refs >> np.uint64(shift)) & mask).astype(np.int64), width)
         query_keys = ((queries >> np.uint64(shift)) & mask).astype(np.int64)
+        by_key = np.argsort(query_keys, kind="stable")  # probes in key order: cache-friendly
+        query_keys = query_keys[by_key]
         for flip in _flips(width, radius):
-            starts, counts = _lookup(table, query_keys ^ flip)
-            for q in _chunks(counts):
-                positions = np.repeat(starts[q], counts[q]) + _ragged_arange(counts[q])
-                q, r = np.repeat(q, counts[q]), table[0][positions]
+            hit, starts, counts = table.lookup(query_keys ^ flip)
+            for part in _chunks(counts):
+                positions = np.repeat(starts[part], counts[part]) + _ragged_arange(counts[part])
+                q, r = by_key[np.repeat(hit[part], counts[part])], table.order[positions]
                 keep = _verified(queries[q] ^ refs[r], max_distance, bands[:b], radius)
                 yield q[keep], r[keep]
 
