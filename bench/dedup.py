@@ -1,0 +1,408 @@
+"""Near-duplicate detection with pHash: recall and precision on planted copies, search speed at
+1M hashes, and what CC3M-6k holds (exact, near and alt-text duplicates).
+
+1. Planted duplicates: N distinct originals per set (rendered synthetic-world scenes; and, when
+   ``../shared/data/cc3m-6k`` exists, real photos from it, exact copies among them dropped by
+   sha256), a fraction copied once each by one transformation (JPEG re-encode at quality 30-70,
+   resize by 0.5-2x, a 5% crop (95% of each side kept) resized back, PNG re-save). Every image
+   goes through bytes and ``decode_image``, as in a run. Per threshold: recall of the planted
+   pairs per transformation (the pair found, or both in one group) and precision (pairs between
+   an original and its own copy / all pairs found; pairs between different originals are false).
+2. Scale: ``near_duplicate_pairs`` over 1,000,000 realistic hashes (20% random bases, the rest
+   copies with 0-3 flipped bits, 1% one placeholder hash) and over 100,000, for the growth.
+3. CC3M-6k: exact duplicate groups (sha256 of the bytes), near-duplicate groups beyond them at
+   ``NEAR_DUPLICATE_DISTANCE``, and repeated alt-text, with examples.
+
+    .venv/bin/python bench/dedup.py --thresholds 4,6,8,10,12,14  # the full run (~1 min)
+    .venv/bin/python bench/dedup.py --images 500 --scale 100000  # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from curation.pipeline import dedup  # noqa: E402
+from curation.pipeline.images import decode_image  # noqa: E402
+from curation.world.drawing import encode_jpeg, render_scene  # noqa: E402
+from curation.world.scenes import combo_probs, sample_scenes  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cc3m-6k"
+MIN_SIDE, MAX_PIXELS = 8, 89_478_485  # decode_image's guards, as in a run
+TRANSFORMS = ("jpeg", "resize", "crop5", "png")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000, help="distinct originals per set")
+    parser.add_argument("--copy-fraction", type=float, default=0.2, help="originals copied")
+    parser.add_argument("--thresholds", default="2,4,6,8,10,12", help="Hamming distances tried")
+    parser.add_argument("--scale", type=int, default=1_000_000, help="hashes in the speed test")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="cc3m-6k folder")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def markdown(rows: list[dict]) -> str:
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(row[k]) for k in head) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}" if whole else "-"
+
+
+# ----------------------------------------------------------------------------------------------
+# Originals and copies
+# ----------------------------------------------------------------------------------------------
+
+
+def decoded(data: bytes) -> Image.Image | None:
+    return decode_image(data, MIN_SIDE, MAX_PIXELS).image
+
+
+def synthetic_originals(n: int, rng: np.random.Generator) -> list[bytes]:
+    """JPEGs of n distinct synthetic scenes (the world's Zipf combos), 128-384 px a side."""
+    scenes = sample_scenes(rng, n, combo_probs(rng), set())
+    sides = rng.integers(128, 385, size=(n, 2))
+    drawn = zip(scenes, sides.tolist(), strict=True)
+    return [encode_jpeg(render_scene(scene, w, h)) for scene, (w, h) in drawn]
+
+
+def read_captions(data: Path) -> list[tuple[str, str]]:
+    """(file, caption) rows of captions.tsv, header skipped."""
+    lines = (data / "captions.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    return [tuple(line.split("\t", 1)) for line in lines if "\t" in line]
+
+
+def real_originals(data: Path, n: int) -> list[bytes]:
+    """The first n CC3M files that decode, one per sha256 (exact copies are not distinct)."""
+    seen, found = set(), []
+    for file, _ in read_captions(data):
+        raw = (data / "images" / file).read_bytes()
+        digest = hashlib.sha256(raw).digest()
+        if digest not in seen and decoded(raw) is not None:
+            seen.add(digest)
+            found.append(raw)
+            if len(found) == n:
+                break
+    return found
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def transformed(image: Image.Image, kind: str, rng: np.random.Generator) -> bytes:
+    """`image` after one transformation, as the bytes a web server would send."""
+    width, height = image.size
+    if kind == "jpeg":
+        return encode(image, "JPEG", quality=int(rng.integers(30, 71)))
+    if kind == "resize":
+        factor = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+        size = (max(8, round(width * factor)), max(8, round(height * factor)))
+        return encode(image.resize(size, Image.Resampling.BICUBIC), "JPEG", quality=90)
+    if kind == "crop5":  # keep 95% of each side, at a random offset, then the original size
+        keep_w, keep_h = round(width * 0.95), round(height * 0.95)
+        left = int(rng.integers(0, width - keep_w + 1))
+        top = int(rng.integers(0, height - keep_h + 1))
+        box = (left, top, left + keep_w, top + keep_h)
+        crop = image.crop(box).resize((width, height), Image.Resampling.BICUBIC)
+        return encode(crop, "JPEG", quality=90)
+    return encode(image, "PNG")
+
+
+def planted_set(originals: list[bytes], fraction: float, rng: np.random.Generator):
+    """(hashes uint64 [N + C], source int64 [N + C], kind [N + C]): originals, then copies."""
+    images = [decoded(raw) for raw in originals]
+    copied = rng.choice(len(images), size=round(fraction * len(images)), replace=False)
+    kinds = [TRANSFORMS[k % len(TRANSFORMS)] for k in range(len(copied))]
+    copies = [decoded(transformed(images[i], k, rng)) for i, k in zip(copied, kinds, strict=True)]
+    hashes = [dedup.perceptual_hash(image) for image in images + copies]
+    source = np.concatenate([np.arange(len(images)), copied])
+    return np.array(hashes, dtype=np.uint64), source, ["original"] * len(images) + kinds
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Recall and precision
+# ----------------------------------------------------------------------------------------------
+
+
+def planted_rows(name: str, hashes, source, kinds, thresholds: list[int]) -> list[dict]:
+    n_originals = kinds.count("original")
+    copy_index = np.arange(n_originals, len(kinds))
+    kind_of_copy = np.array(kinds[n_originals:])
+    rows = []
+    for threshold in thresholds:
+        pairs = dedup.near_duplicate_pairs(hashes, threshold)
+        labels = dedup.duplicate_groups(len(hashes), pairs)
+        same_group = labels[copy_index] == labels[source[copy_index]]
+        true = source[pairs[:, 0]] == source[pairs[:, 1]]
+        originals = (pairs < n_originals).all(axis=1)
+        row = {"set": name, "threshold": threshold}
+        for kind in TRANSFORMS:
+            found = same_group[kind_of_copy == kind]
+            row[f"recall {kind} %"] = pct(int(found.sum()), len(found))
+        row["recall all %"] = pct(int(same_group.sum()), len(same_group))
+        row["pairs found"] = len(pairs)
+        row["false pairs"] = int((~true).sum())
+        row["false among originals"] = int(originals.sum())
+        row["originals in a false pair"] = len(np.unique(source[pairs[~true]]))
+        row["precision %"] = pct(int(true.sum()), len(pairs))
+        rows.append(row)
+    return rows
+
+
+def distance_rows(name: str, hashes, source, kinds) -> list[dict]:
+    """Hamming distance of each copy to its original, and of the closest two originals."""
+    n_originals = kinds.count("original")
+    copies = np.arange(n_originals, len(kinds))
+    distance = np.bitwise_count(hashes[copies] ^ hashes[source[copies]]).astype(int)
+    kind_of_copy = np.array(kinds[n_originals:])
+    rows = []
+    for kind in TRANSFORMS:
+        d = distance[kind_of_copy == kind]
+        rows.append(
+            {
+                "set": name,
+                "pairs": kind,
+                "n": len(d),
+                "median": int(np.median(d)),
+                "p95": int(np.percentile(d, 95)),
+                "max": int(d.max()),
+            }
+        )
+    originals = hashes[:n_originals]
+    between = np.bitwise_count(originals[:, None] ^ originals[None, :]).astype(int)
+    between = between[np.triu_indices(n_originals, 1)]
+    rows.append(
+        {
+            "set": name,
+            "pairs": "distinct originals",
+            "n": len(between),
+            "median": int(np.median(between)),
+            "p95": f"p0.1 {np.percentile(between, 0.1):.0f}",
+            "max": f"min {between.min()}",
+        }
+    )
+    return rows
+
+
+def planted_duplicates(args: argparse.Namespace, thresholds: list[int]) -> None:
+    sets = {"synthetic": synthetic_originals(args.images, np.random.default_rng(args.seed))}
+    if args.data.is_dir():
+        sets["cc3m"] = real_originals(args.data, args.images)
+    else:
+        print(f"SKIP real photos: {args.data} is absent")
+    recall, distances = [], []
+    for name, originals in sets.items():
+        start = time.perf_counter()
+        planted = planted_set(originals, args.copy_fraction, np.random.default_rng(args.seed))
+        seconds = time.perf_counter() - start
+        print(
+            f"{name}: {len(originals)} originals + {len(planted[0]) - len(originals)} copies "
+            f"decoded, transformed and hashed in {seconds:.1f} s"
+        )
+        recall += planted_rows(name, *planted, thresholds)
+        distances += distance_rows(name, *planted)
+    print("\n### Planted duplicates: recall (copy and original in one group) and precision\n")
+    print(markdown(recall))
+    print("\n### Hamming distances: copy to its original; between distinct originals\n")
+    print(markdown(distances))
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Scale
+# ----------------------------------------------------------------------------------------------
+
+
+def realistic_hashes(n: int, rng: np.random.Generator) -> np.ndarray:
+    """n hashes: 20% random bases, 79% copies of them with 0-3 flipped bits, 1% one value."""
+    base = rng.integers(0, 2**64, size=n // 5, dtype=np.uint64, endpoint=False)
+    n_copies = n - len(base) - n // 100
+    copies = base[rng.integers(0, len(base), n_copies)]
+    flipped = rng.integers(0, 4, n_copies)
+    for k in range(3):
+        bit = np.uint64(1) << rng.integers(0, 64, n_copies).astype(np.uint64)
+        copies = copies ^ np.where(flipped > k, bit, np.uint64(0))
+    return np.concatenate([base, copies, np.full(n // 100, base[0])])
+
+
+def scale(args: argparse.Namespace) -> None:
+    rows = []
+    for n in sorted({min(100_000, args.scale), args.scale}):
+        hashes = realistic_hashes(n, np.random.default_rng(args.seed))
+        start = time.perf_counter()
+        pairs = dedup.near_duplicate_pairs(hashes, dedup.NEAR_DUPLICATE_DISTANCE)
+        seconds = time.perf_counter() - start
+        rows.append(
+            {
+                "hashes": f"{n:,}",
+                "distinct": f"{len(np.unique(hashes)):,}",
+                "threshold": dedup.NEAR_DUPLICATE_DISTANCE,
+                "pairs": f"{len(pairs):,}",
+                "pairs from the repeated hash": f"{(n // 100) * (n // 100 - 1) // 2:,}",
+                "seconds": f"{seconds:.1f}",
+            }
+        )
+    print(
+        f"\n### Scale: near_duplicate_pairs on {os.cpu_count()} CPUs "
+        f"(load average {os.getloadavg()[0]:.2f})\n"
+    )
+    print(markdown(rows))
+    print(f"\n{nearest_row(hashes, np.random.default_rng(args.seed))}")
+
+
+def nearest_row(queries: np.ndarray, rng: np.random.Generator, n_refs: int = 10_000) -> str:
+    """Decontamination speed: every query's nearest among an evaluation set of n_refs hashes,
+    a tenth of them taken from the queries (leaks), the rest random."""
+    leaked = rng.choice(queries, size=n_refs // 10, replace=False)
+    refs = np.concatenate([leaked, rng.integers(0, 2**64, n_refs - len(leaked), dtype=np.uint64)])
+    start = time.perf_counter()
+    found = dedup.nearest_matches(queries, refs, dedup.NEAR_DUPLICATE_DISTANCE)
+    seconds = time.perf_counter() - start
+    return (
+        f"nearest_matches: {len(queries):,} queries vs {n_refs:,} references, "
+        f"{int((found >= 0).sum()):,} matched, {seconds:.1f} s"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. CC3M-6k
+# ----------------------------------------------------------------------------------------------
+
+
+def cc3m_rows(data: Path) -> list[dict]:
+    """Each decodable file: file, caption, sha256, pHash."""
+    rows = []
+    for file, caption in read_captions(data):
+        raw = (data / "images" / file).read_bytes()
+        image = decoded(raw)
+        if image is not None:
+            digest = hashlib.sha256(raw).hexdigest()
+            rows.append(
+                {
+                    "file": file,
+                    "caption": caption,
+                    "sha": digest,
+                    "phash": dedup.perceptual_hash(image),
+                }
+            )
+    return rows
+
+
+def groups_of(keys: list) -> list[list[int]]:
+    """Indices sharing a key, for keys held by >= 2 items, largest groups first."""
+    by_key = defaultdict(list)
+    for i, key in enumerate(keys):
+        by_key[key].append(i)
+    return sorted((g for g in by_key.values() if len(g) > 1), key=len, reverse=True)
+
+
+def show(rows: list[dict], groups: list[list[int]], examples: int = 4) -> None:
+    for group in groups[:examples]:
+        print(f"- {len(group)} images:")
+        for i in group[:4]:
+            print(f"  - `{rows[i]['file']}` {rows[i]['caption'][:90]!r}")
+
+
+def tail_rows(hashes: np.ndarray, shas: list[str], upto: int = 16) -> list[dict]:
+    """How many pairs of files with different bytes lie within each distance (all pairs)."""
+    _, distinct = np.unique(np.array(shas), return_index=True)
+    hashes = hashes[np.sort(distinct)]
+    counts = np.zeros(upto + 1, dtype=np.int64)
+    for start in range(0, len(hashes), 500):
+        block = np.bitwise_count(hashes[start : start + 500, None] ^ hashes[None, :]).astype(int)
+        block = block[np.arange(start, start + len(block))[:, None] < np.arange(len(hashes))]
+        counts += np.bincount(block[block <= upto], minlength=upto + 1)
+    total = len(hashes) * (len(hashes) - 1) // 2
+    within = np.cumsum(counts)
+    return [
+        {
+            "distance <=": d,
+            "pairs": int(within[d]),
+            "share of pairs": f"{within[d] / total:.2e}",
+            "expected pairs per 1M images": f"{within[d] / total * 5e11:,.0f}",
+        }
+        for d in range(4, upto + 1, 2)
+    ]
+
+
+def cc3m(data: Path) -> None:
+    if not (data / "captions.tsv").is_file():
+        print(f"\nSKIP CC3M-6k: {data}/captions.tsv is absent")
+        return
+    total = len(read_captions(data))
+    start = time.perf_counter()
+    rows = cc3m_rows(data)
+    print(
+        f"\n### CC3M-6k: {len(rows):,} of {total:,} files decode "
+        f"(read, decoded and hashed in {time.perf_counter() - start:.0f} s)\n"
+    )
+    exact = groups_of([r["sha"] for r in rows])
+    hashes = np.array([r["phash"] for r in rows], dtype=np.uint64)
+    pairs = dedup.near_duplicate_pairs(hashes, dedup.NEAR_DUPLICATE_DISTANCE)
+    labels = dedup.duplicate_groups(len(rows), pairs)
+    near = [g for g in groups_of(labels.tolist()) if len({rows[i]["sha"] for i in g}) > 1]
+    texts = groups_of([r["caption"].strip() for r in rows])
+    texts = [g for g in texts if rows[g[0]]["caption"].strip()]  # an empty text is no alt-text
+    texts = [g for g in texts if len({rows[i]["sha"] for i in g}) > 1]
+    summary = [
+        {
+            "kind": "exact (same sha256)",
+            "groups": len(exact),
+            "images in them": sum(map(len, exact)),
+            "removable": sum(len(g) - 1 for g in exact),
+        },
+        {
+            "kind": f"near (pHash <= {dedup.NEAR_DUPLICATE_DISTANCE}, >= 2 distinct files)",
+            "groups": len(near),
+            "images in them": sum(map(len, near)),
+            "removable": sum(len({rows[i]["sha"] for i in g}) - 1 for g in near),
+        },
+        {
+            "kind": "repeated alt-text (>= 2 distinct files)",
+            "groups": len(texts),
+            "images in them": sum(map(len, texts)),
+            "removable": "-",
+        },
+    ]
+    print(markdown(summary))
+    print(
+        f"\nHamming distance between distinct files ({len(rows):,} images), and what that rate "
+        "would give among 1,000,000 images of the same kind:\n"
+    )
+    print(markdown(tail_rows(hashes, [r["sha"] for r in rows])))
+    for title, groups in (("Exact", exact), ("Near", near), ("Repeated alt-text", texts)):
+        print(f"\n{title} duplicates, largest groups:")
+        show(rows, groups)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    thresholds = [int(t) for t in args.thresholds.split(",")]
+    print(f"# bench/dedup.py {' '.join(sys.argv[1:])}\n")
+    planted_duplicates(args, thresholds)
+    scale(args)
+    cc3m(args.data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

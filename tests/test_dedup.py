@@ -1,0 +1,229 @@
+"""Dedup core: pHash, exact Hamming search vs brute force, groups, representatives, SemDeDup."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from curation.pipeline import dedup
+from curation.world.drawing import render_scene
+from curation.world.scenes import Obj, Scene
+
+D = dedup.NEAR_DUPLICATE_DISTANCE
+
+
+def brute_pairs(hashes: np.ndarray, max_distance: int) -> np.ndarray:
+    distance = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
+    i, j = np.nonzero(np.triu(distance <= max_distance, k=1))
+    return np.stack([i, j], axis=1).astype(np.int64)
+
+
+def brute_nearest(queries, references, max_distance: int) -> np.ndarray:
+    distance = np.bitwise_count(queries[:, None] ^ references[None, :]).astype(np.int64)
+    distance[distance > max_distance] = 999
+    return np.where(distance.min(axis=1) <= max_distance, distance.argmin(axis=1), -1)
+
+
+def flip_bits(value: np.uint64, count: int, rng: np.random.Generator) -> np.uint64:
+    bits = rng.choice(64, size=count, replace=False).astype(np.uint64)
+    return value ^ np.bitwise_or.reduce(np.uint64(1) << bits, initial=np.uint64(0))
+
+
+def planted_hashes(max_distance: int, n_base: int = 1500, seed: int = 0) -> np.ndarray:
+    """Random hashes, neighbours at every distance 0..max_distance+2, and one value 30 times."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 2**64, size=n_base, dtype=np.uint64)
+    near = [flip_bits(base[i], i % (max_distance + 3), rng) for i in rng.integers(0, n_base, 1500)]
+    return np.concatenate([base, np.array(near, dtype=np.uint64), np.full(30, base[7])])
+
+
+@pytest.fixture
+def multi_index(monkeypatch):
+    """Force the multi-index search (small inputs would take the all-pairs path) and small
+    candidate chunks, so that chunking is exercised too."""
+    monkeypatch.setattr(dedup, "_BRUTE_FORCE_PAIRS", 0)
+    monkeypatch.setattr(dedup, "_MAX_CANDIDATES", 256)
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact Hamming search
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_distance", [0, 1, 3, D, 10, 16])
+def test_near_duplicate_pairs_equal_brute_force(multi_index, max_distance):
+    hashes = planted_hashes(max_distance, seed=max_distance)
+    pairs = dedup.near_duplicate_pairs(hashes, max_distance)
+    assert pairs.dtype == np.int64
+    np.testing.assert_array_equal(pairs, brute_pairs(hashes, max_distance))
+
+
+def test_searched_bands_equal_brute_force(multi_index, monkeypatch):
+    monkeypatch.setattr(dedup, "_MAX_TABLE_BITS", 4)  # no direct tables: binary search per probe
+    hashes = planted_hashes(D, seed=1)
+    np.testing.assert_array_equal(dedup.near_duplicate_pairs(hashes, D), brute_pairs(hashes, D))
+
+
+def test_all_pairs_path_equals_brute_force():
+    hashes = planted_hashes(D, n_base=500, seed=2)[:1200]
+    assert len(hashes) ** 2 <= dedup._BRUTE_FORCE_PAIRS
+    np.testing.assert_array_equal(dedup.near_duplicate_pairs(hashes, D), brute_pairs(hashes, D))
+
+
+def test_equal_hashes_pair_up_exactly(multi_index):
+    hashes = np.array([5, 9, 5, 5, 2**63, 9], dtype=np.uint64)
+    pairs = dedup.near_duplicate_pairs(hashes, 0)
+    assert pairs.tolist() == [[0, 2], [0, 3], [1, 5], [2, 3]]
+    # 5 and 9 differ in two bits: every copy of one pairs with every copy of the other
+    assert len(dedup.near_duplicate_pairs(hashes, 2)) == 4 + 3 * 2
+
+
+def test_empty_and_single_inputs():
+    for hashes in (np.array([], dtype=np.uint64), np.array([3], dtype=np.uint64)):
+        assert dedup.near_duplicate_pairs(hashes, D).shape == (0, 2)
+        assert dedup.nearest_matches(hashes, hashes, D).tolist() == [0] * len(hashes)
+    empty = np.array([], dtype=np.uint64)
+    assert dedup.nearest_matches(np.array([3], dtype=np.uint64), empty, D).tolist() == [-1]
+
+
+@pytest.mark.parametrize("force_index", [False, True])
+def test_nearest_matches_equal_brute_force(monkeypatch, force_index):
+    if force_index:
+        monkeypatch.setattr(dedup, "_BRUTE_FORCE_PAIRS", 0)
+    rng = np.random.default_rng(3)
+    references = planted_hashes(D, n_base=800, seed=3)  # repeats and neighbours: ties
+    references = references[rng.permutation(len(references))]
+    near = [flip_bits(references[i], i % (D + 3), rng) for i in range(0, len(references), 3)]
+    queries = np.concatenate([np.array(near), rng.integers(0, 2**64, 200, dtype=np.uint64)])
+    found = dedup.nearest_matches(queries, references, D)
+    np.testing.assert_array_equal(found, brute_nearest(queries, references, D))
+    assert (found == -1).any() and (found >= 0).any()
+
+
+def test_nearest_match_ties_go_to_the_lowest_index():
+    references = np.array([0b1100, 0b0011, 0b0110, 0b0011], dtype=np.uint64)
+    queries = np.array([0b0000, 0b0011, 0b1111_0000_0000], dtype=np.uint64)
+    # 0b0000 is 2 bits from all of them; 0b0011 equals references 1 and 3
+    assert dedup.nearest_matches(queries, references, 2).tolist() == [0, 1, -1]
+
+
+def test_signed_round_trip():
+    hashes = np.array([0, 1, 2**63, 2**64 - 1], dtype=np.uint64)
+    signed = dedup.to_signed(hashes)
+    assert signed.dtype == np.int64 and signed.tolist() == [0, 1, -(2**63), -1]
+    np.testing.assert_array_equal(dedup.to_unsigned(signed), hashes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Groups and representatives
+# ----------------------------------------------------------------------------------------------
+
+
+def test_duplicate_groups_follow_chains():
+    pairs = np.array([[2, 5], [0, 2], [3, 4]], dtype=np.int64)  # 0~2, 2~5: one group
+    assert dedup.duplicate_groups(7, pairs).tolist() == [0, 1, 0, 3, 3, 0, 6]
+    assert dedup.duplicate_groups(3, np.empty((0, 2), np.int64)).tolist() == [0, 1, 2]
+    assert dedup.duplicate_groups(0, np.empty((0, 2), np.int64)).tolist() == []
+
+
+def test_representatives_lowest_rank_then_lowest_index():
+    labels = np.array([0, 0, 0, 3, 3, 5, 0])
+    rank = np.array([2.0, 1.0, 1.0, 0.5, 0.5, 9.0, 3.0])
+    assert dedup.representatives(labels, rank).tolist() == [1, 1, 1, 3, 3, 5, 1]
+    text_rank = np.array(["b", "a", "c", "z", "y", "x", "a"])  # any sortable rank
+    assert dedup.representatives(labels, text_rank).tolist() == [1, 1, 1, 4, 4, 5, 1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Semantic duplicates
+# ----------------------------------------------------------------------------------------------
+
+
+def test_semantic_pairs_find_planted_duplicates_only():
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((40, 32)).astype(np.float32)
+    copies = base[:10] * 3.0 + 0.01 * rng.standard_normal((10, 32)).astype(np.float32)
+    embeddings = np.concatenate([base, copies])  # copy k (row 40 + k) duplicates row k
+    pairs = dedup.semantic_duplicate_pairs(embeddings, 0.95, clusters=4, seed=0)
+    assert pairs.tolist() == [[k, 40 + k] for k in range(10)]
+    again = dedup.semantic_duplicate_pairs(embeddings, 0.95, clusters=4, seed=0)
+    np.testing.assert_array_equal(pairs, again)
+
+
+def test_semantic_pairs_none_for_orthogonal_embeddings():
+    embeddings = np.eye(16, dtype=np.float32)
+    assert dedup.semantic_duplicate_pairs(embeddings, 0.5, clusters=3, seed=1).shape == (0, 2)
+    assert len(dedup.semantic_duplicate_pairs(embeddings, -1.0, clusters=1, seed=1)) == 120
+
+
+# ----------------------------------------------------------------------------------------------
+# Perceptual hash
+# ----------------------------------------------------------------------------------------------
+
+
+def scene(background: str, *objects: tuple[str, str, str]) -> Image.Image:
+    drawn = tuple(Obj(shape, colour, "large", where) for shape, colour, where in objects)
+    return render_scene(Scene(background, drawn), 240, 180)
+
+
+def reloaded(image: Image.Image, fmt: str, **options) -> Image.Image:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **options)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def distance(a: Image.Image, b: Image.Image) -> int:
+    return (dedup.perceptual_hash(a) ^ dedup.perceptual_hash(b)).bit_count()
+
+
+def test_perceptual_hash_survives_reencoding_but_tells_scenes_apart():
+    objects = (("circle", "blue", "top left"), ("star", "black", "center"))
+    busy = scene("white", *objects, ("square", "red", "bottom right"))
+    other = scene("black", ("heart", "yellow", "top right"), ("cross", "white", "bottom left"))
+    value = dedup.perceptual_hash(busy)
+    assert isinstance(value, int) and 0 <= value < 2**64
+    assert distance(busy, reloaded(busy, "JPEG", quality=40)) <= D
+    assert distance(busy, busy.resize((120, 90), Image.Resampling.BICUBIC)) <= D
+    assert distance(busy, reloaded(busy, "PNG")) == 0
+    assert distance(busy, other) > D
+
+
+def test_perceptual_hash_rejects_non_images():
+    with pytest.raises(TypeError, match="PIL image"):
+        dedup.perceptual_hash(np.zeros((8, 8)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad arguments
+# ----------------------------------------------------------------------------------------------
+
+
+HASHES = np.array([1, 2, 3], dtype=np.uint64)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: dedup.near_duplicate_pairs(HASHES, -1),
+        lambda: dedup.near_duplicate_pairs(HASHES, 65),
+        lambda: dedup.near_duplicate_pairs(HASHES, 2.0),
+        lambda: dedup.near_duplicate_pairs(HASHES.astype(np.int64), 2),
+        lambda: dedup.near_duplicate_pairs(HASHES.reshape(3, 1), 2),
+        lambda: dedup.nearest_matches(HASHES, HASHES.astype(np.int64), 2),
+        lambda: dedup.nearest_matches(HASHES, HASHES, 70),
+        lambda: dedup.to_signed(np.array([1], dtype=np.int64)),
+        lambda: dedup.to_unsigned(np.array([1], dtype=np.uint64)),
+        lambda: dedup.duplicate_groups(3, np.array([[0, 3]])),
+        lambda: dedup.duplicate_groups(3, np.array([0, 1])),
+        lambda: dedup.duplicate_groups(-1, np.empty((0, 2), np.int64)),
+        lambda: dedup.representatives(np.array([0, 0]), np.array([1.0])),
+        lambda: dedup.semantic_duplicate_pairs(np.eye(3, dtype=np.float32), 1.5, 2, 0),
+        lambda: dedup.semantic_duplicate_pairs(np.eye(3, dtype=np.float32), 0.9, 0, 0),
+        lambda: dedup.semantic_duplicate_pairs(np.ones(3, dtype=np.float32), 0.9, 2, 0),
+        lambda: dedup.semantic_duplicate_pairs(np.eye(3, dtype=np.int64), 0.9, 2, 0),
+    ],
+)
+def test_bad_arguments_raise_value_error(call):
+    with pytest.raises(ValueError):
+        call()
