@@ -30,6 +30,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from curation import io, schema, sql
 from curation.config import CapFiltConfig, ConfigError
+from curation.outputs import stats
 from curation.outputs.export import has_annotations
 from curation.pipeline import calibration
 from curation.pipeline.images import decode_image
@@ -127,6 +128,7 @@ def render(run_dir: str | Path, con=None) -> str:
         funnel_html(con, info, counts),
         scores_html(con, info),
         concepts_html(con, info),
+        dedup_html(con),
         samples_html(con, info, counts),
     ]
     return page_html(f"CapFilt report: {run.root.resolve().name}", "\n".join(b for b in body if b))
@@ -408,6 +410,22 @@ def concepts_html(con, info: RunInfo) -> str:
         f'<img src="{uri}" alt="concept frequency by rank">{top_concepts_html(con, info)}'
         "</div></section>"
     )
+
+
+def dedup_html(con) -> str:
+    """What the dedup stage removed, by reason with an example; which rows leaked eval images;
+    the most repeated alt-texts. Empty when there is none of the three."""
+    parts = []
+    for title, name, params in stats.DEDUP_SECTIONS:
+        columns, rows = sql.query(con, name, **params)
+        if rows:
+            head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{esc(short(str(v)))}</td>" for v in row) + "</tr>"
+                for row in rows
+            )
+            parts.append(f"<h3>{esc(title)}</h3><table><tr>{head}</tr>{body}</table>")
+    return f"<section><h2>Duplicates and eval leaks</h2>{''.join(parts)}</section>" if parts else ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,16 @@ from curation.pipeline import calibration
 from curation.rundir import SHARD_STEPS, RunDir
 
 FUNNEL = {"stages": list(schema.REJECT_STAGES)}
+DEDUP = {"reasons": [r.value for g in schema.GATES if g.name == "dedup" for r in g.reasons]}
+DEDUP_SECTIONS = [
+    ("Removed by the dedup stage ([dedup]), by reason", "stats_dedup", DEDUP),
+    (
+        "Eval overlaps (--decontaminate): web rows that copy an eval image",
+        "stats_eval_overlap",
+        {"limit": 10},
+    ),
+    ("Alt-text repeated on several images (downloaded)", "stats_repeated_texts", {"limit": 5}),
+]
 SECTIONS = [
     ("Rows: input = curated + rejected", "stats_funnel", {}),
     ("Funnel: rows in, rejected (by reason) and out of each step", "stats_funnel_steps", FUNNEL),
@@ -15,6 +25,7 @@ SECTIONS = [
     ("ITM probability / ITC similarity by source", "stats_itm", {}),
     ("Image sizes (curated)", "stats_sizes", {}),
     ("Duplicates by sha256 (curated)", "stats_duplicates", {}),
+    *DEDUP_SECTIONS,
     ("Per shard: counts and CapFilt throughput", "stats_shards", {}),
 ]
 

@@ -1,0 +1,152 @@
+"""The dedup stage of a run (curation/pipeline/duplicates.py): which survivors are copies or
+eval leaks, which copy is kept, and a real `curate run` with planted copies and --decontaminate."""
+
+import dataclasses
+import io as bytes_io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curation import schema
+from curation.config import DedupConfig
+from curation.pipeline import dedup, duplicates
+from curation.pipeline.images import decode_image
+
+
+def smooth_image(seed: int, side: int = 96) -> Image.Image:
+    """A distinct image with some structure (pHash of a too smooth one sits near its median
+    and moves under JPEG): a random 8x8 colour field, smoothly upscaled."""
+    cells = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(cells).resize((side, side), Image.Resampling.BICUBIC)
+
+
+def jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    out = bytes_io.BytesIO()
+    image.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def survivors(images: list[bytes], itm: list[float], captions: list[str] | None = None):
+    """The rows the dedup stage judges, as the run's plan reads them (sql/dedup_rows.sql)."""
+    decoded = [decode_image(b, 1, 1 << 40).image for b in images]
+    hashes = np.array([dedup.perceptual_hash(im) for im in decoded], np.uint64)
+    return pa.table(
+        {
+            "sample_id": pa.array(range(len(images)), pa.int64()),
+            "sha256": [str(hash(b)) for b in images],
+            "caption": captions or [f"caption {i}" for i in range(len(images))],
+            "caption_itm": pa.array(itm, pa.float32()),
+            "phash": pa.array(dedup.to_signed(hashes), pa.int64()),
+            "embedding": pa.array([None] * len(images), pa.list_(pa.float32())),
+        }
+    )
+
+
+def removed(rows: pa.Table, cfg: DedupConfig, evals=None) -> dict[int, tuple[str, str]]:
+    table = duplicates.removals(rows, cfg, evals)
+    return {r["sample_id"]: (r["reason"], r["detail"]) for r in table.to_pylist()}
+
+
+def test_an_exact_copy_goes_and_the_best_itm_copy_stays_named_in_the_detail():
+    a, b = jpeg(smooth_image(1)), jpeg(smooth_image(2))
+    rows = survivors([a, b, a, a], itm=[0.6, 0.9, 0.8, 0.8])
+    got = removed(rows, DedupConfig(near_duplicates=False))
+    # row 2 and 3 tie on ITM: the smaller key (row 2) is kept
+    assert got == {
+        0: ("duplicate", f"copy of {schema.sample_key(2)} kept (sha256 {hash(a)})"),
+        3: ("duplicate", f"copy of {schema.sample_key(2)} kept (sha256 {hash(a)})"),
+    }
+
+
+def test_re_encoded_and_resized_copies_are_near_duplicates_distinct_images_are_not():
+    originals = [smooth_image(seed) for seed in range(12)]
+    images = [jpeg(im) for im in originals]
+    images += [jpeg(originals[0], 40), jpeg(originals[1].resize((72, 72)))]
+    rows = survivors(images, itm=[0.5] * 12 + [0.9, 0.1])
+    got = removed(rows, DedupConfig())
+    assert set(got) == {0, 13}  # the better copy of each pair stays
+    assert got[0][0] == got[13][0] == "near_duplicate"
+    assert got[0][1].startswith(f"copy of {schema.sample_key(12)} kept (pHash distance ")
+    assert removed(rows, DedupConfig(near_duplicates=False)) == {}
+
+
+def test_eval_overlap_comes_first_and_names_the_eval_image(tmp_path):
+    originals = [smooth_image(seed) for seed in range(6)]
+    eval_file = tmp_path / "eval.parquet"
+    pq.write_table(pa.table({"image": [jpeg(originals[4]), b"<html>not an image"]}), eval_file)
+    cfg = DedupConfig(decontaminate=[str(eval_file)])
+    evals = duplicates.eval_hashes(cfg.decontaminate)
+    assert evals["files"][str(eval_file)]["undecodable"] == 1
+    rows = survivors([jpeg(im, 70) for im in originals], itm=[0.5] * 6)
+    got = removed(rows, cfg, evals)
+    assert list(got) == [4] and got[4][0] == "eval_overlap"
+    assert got[4][1].startswith("near duplicate of eval.parquet:0 (pHash distance ")
+    assert duplicates.eval_copies([jpeg(im, 50) for im in originals], cfg) == [
+        i == 4 for i in range(6)
+    ]
+
+
+def test_a_caption_on_too_many_images_keeps_its_best_images():
+    images = [jpeg(smooth_image(seed)) for seed in range(5)]
+    captions = ["image not found"] * 4 + ["a red fox"]
+    rows = survivors(images, itm=[0.2, 0.9, 0.5, 0.7, 0.1], captions=captions)
+    got = removed(rows, DedupConfig(max_images_per_caption=2))
+    assert {i: reason for i, (reason, _) in got.items()} == {
+        0: "repeated_caption",
+        2: "repeated_caption",
+    }
+    assert schema.sample_key(1) in got[0][1]
+
+
+def test_semantic_duplicates_by_embedding_cosine():
+    images = [jpeg(smooth_image(seed)) for seed in range(4)]
+    rows = survivors(images, itm=[0.5, 0.6, 0.5, 0.5])
+    basis = np.eye(8, dtype=np.float32)
+    vectors = [basis[0], basis[0] + 0.01 * basis[1], basis[2], basis[3]]
+    rows = rows.set_column(5, "embedding", pa.array([v.tolist() for v in vectors]))
+    got = removed(rows, DedupConfig(near_duplicates=False, semantic_threshold=0.95))
+    assert list(got) == [0] and got[0][0] == "semantic_duplicate"
+    assert got[0][1].startswith(f"copy of {schema.sample_key(1)} kept (cosine 1.000")
+
+
+# [dedup] setting -> (config that shows it, the change): each changes what is removed
+DEDUP_CASES = {
+    "exact": ({"near_duplicates": False}, {"exact": False}),
+    "near_duplicates": ({}, {"near_duplicates": False}),
+    "hash_distance": ({}, {"hash_distance": 0}),
+    "semantic_threshold": ({"exact": False, "near_duplicates": False}, {"semantic_threshold": 0.5}),
+    "max_images_per_caption": ({}, {"max_images_per_caption": 1}),
+    "decontaminate": ({}, {"decontaminate": ["EVAL"]}),
+}
+
+
+def test_every_dedup_setting_has_a_case():
+    assert set(DEDUP_CASES) == {f.name for f in dataclasses.fields(DedupConfig)}
+
+
+@pytest.mark.parametrize("name", DEDUP_CASES)
+def test_each_dedup_setting_changes_what_is_removed(name, tmp_path):
+    base, change = DEDUP_CASES[name]
+    original, other = smooth_image(7), smooth_image(8)
+    images = [
+        jpeg(original),
+        jpeg(original),
+        jpeg(original, 35),
+        jpeg(other),
+        jpeg(smooth_image(9)),
+    ]
+    rows = survivors(images, itm=[0.9, 0.5, 0.5, 0.5, 0.5], captions=["same"] * 5)
+    rows = rows.set_column(5, "embedding", pa.array([[1.0, 0.0]] * 5, pa.list_(pa.float32())))
+    eval_file = tmp_path / "eval.parquet"
+    pq.write_table(pa.table({"image": [jpeg(other)]}), eval_file)
+    change = {k: [str(eval_file)] if v == ["EVAL"] else v for k, v in change.items()}
+    before, after = DedupConfig(**base), DedupConfig(**{**base, **change})
+
+    def outcome(cfg):
+        evals = duplicates.eval_hashes(cfg.decontaminate) if cfg.decontaminate else None
+        return removed(rows, cfg, evals)
+
+    assert outcome(before) != outcome(after)
