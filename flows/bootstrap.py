@@ -150,7 +150,7 @@ def bootstrap(spec: BootstrapSpec) -> dict:
     """Run `spec.rounds` rounds of BLIP's loop under `spec.out`; returns (and writes)
     metrics.json. What each option adds: `BootstrapSpec`."""
     stopping.reclaim()  # Ctrl-C / SIGTERM stop the loop now, not after its running tasks
-    dirs, config = LoopDir(spec.out), spec.config
+    dirs, config = LoopDir(spec.out), spec.curation_config()
     if spec.labelled:
         pretrain_vision(spec.labelled, str(dirs.vision), config)
         trained = {"vision_init": str(dirs.vision)}

@@ -190,9 +190,6 @@ def cmd_bootstrap(args) -> int:
     caption_col = args.caption_col or None
     urls.read_url_list(args.urls, args.url_col, caption_col)
     check_bootstrap_files(args)
-    if not args.no_decontaminate:  # the loop's own eval and clean images are not web data
-        held = [p for p in (args.eval, args.clean) if p]
-        cfg.dedup.decontaminate += [str(Path(p).resolve()) for p in held]
     select.check_sources(cfg.select)  # a bad concept list or scorer: now, not after training
     duplicates.check_sources(cfg.dedup)
     from curation.models import blip as models
@@ -221,6 +218,7 @@ def cmd_bootstrap(args) -> int:
         eval_truth=args.eval_truth,
         ablate=args.ablate,
         labelled=args.labelled,
+        decontaminate=not args.no_decontaminate,
     )
     metrics = bootstrap(spec)
     print(loop.summary_table(metrics))

@@ -21,6 +21,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see curation/__init__.py
 
 
+def textured_image(seed: int, size: tuple[int, int] = (96, 96)):
+    """A distinct image with structure, as photos have (flat images all share one pHash, and
+    pHash of a too smooth one moves under JPEG): a random 8x8 colour field, upscaled."""
+    import numpy as np
+    from PIL import Image
+
+    cells = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(cells).resize(size, Image.Resampling.BICUBIC)
+
+
 def hostile_web() -> dict[str, tuple]:
     """path -> (HTTP status, content type, body[, delay]) of every web case of the corpus."""
     return hostile_corpus.routes()

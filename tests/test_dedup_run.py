@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import textured_image
 from PIL import Image
 
 from curation import schema
@@ -17,10 +18,7 @@ from curation.pipeline.images import decode_image
 
 
 def smooth_image(seed: int, side: int = 96) -> Image.Image:
-    """A distinct image with some structure (pHash of a too smooth one sits near its median
-    and moves under JPEG): a random 8x8 colour field, smoothly upscaled."""
-    cells = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    return Image.fromarray(cells).resize((side, side), Image.Resampling.BICUBIC)
+    return textured_image(seed, (side, side))
 
 
 def jpeg(image: Image.Image, quality: int = 90) -> bytes:
@@ -150,3 +148,50 @@ def test_each_dedup_setting_changes_what_is_removed(name, tmp_path):
         return removed(rows, cfg, evals)
 
     assert outcome(before) != outcome(after)
+
+
+def test_a_run_removes_planted_copies_and_eval_leaks_and_accounts_for_every_row(
+    tmp_path, tiny_models, prefect_harness, capsys
+):
+    """`curate run --decontaminate`: an exact copy, a re-encoded copy and a re-encoded eval
+    image among distinct web images; every row ends curated or rejected once, the copies with
+    their reasons, and `curate stats` shows them."""
+    from conftest import run_argv
+
+    from curation.world.webserver import Routes, Server
+    from flows import cli
+
+    originals = [smooth_image(seed) for seed in range(8)]
+    served = {f"/{i}.jpg": jpeg(im) for i, im in enumerate(originals)}
+    served["/copy.jpg"] = served["/1.jpg"]  # the same bytes under another URL
+    served["/recoded.jpg"] = jpeg(originals[2], 50)
+    eval_image = smooth_image(100)
+    served["/leak.jpg"] = jpeg(eval_image, 60)
+    pq.write_table(pa.table({"image": [jpeg(eval_image)]}), tmp_path / "eval.parquet")
+    web = Server(Routes({path: (200, "image/jpeg", body) for path, body in served.items()}))
+    try:
+        rows = [{"url": web.base_url + p, "caption": p} for p in served]
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "urls.parquet")
+        (tmp_path / "cfg.toml").write_text(
+            "[sharding]\nshard_size = 4\n[capfilt]\nitm_threshold = 0.0\nnum_captions = 1\n"
+            'max_new_tokens = 4\nmin_new_tokens = 1\n[select]\nmetadata = ""\n'
+        )
+        out = tmp_path / "run"
+        argv = run_argv(tmp_path, out, tiny_models)
+        assert cli.main([*argv, "--decontaminate", str(tmp_path / "eval.parquet")]) == 0
+    finally:
+        web.close()
+    curated = pa.concat_tables(pq.read_table(p) for p in sorted((out / "shards").glob("*")))
+    rejects = pa.concat_tables(pq.read_table(p) for p in sorted((out / "rejects").glob("*")))
+    outcome = {r["sample_id"]: "curated" for r in curated.select(["sample_id"]).to_pylist()}
+    for r in rejects.to_pylist():
+        assert r["sample_id"] not in outcome
+        outcome[r["sample_id"]] = r["reason"]
+    assert sorted(outcome) == list(range(len(served)))
+    by_path = {p: outcome[i] for i, p in enumerate(served)}
+    assert by_path["/leak.jpg"] == "eval_overlap"
+    assert sorted([by_path["/1.jpg"], by_path["/copy.jpg"]]) == ["curated", "duplicate"]
+    assert sorted([by_path["/2.jpg"], by_path["/recoded.jpg"]]) == ["curated", "near_duplicate"]
+    assert [by_path[f"/{i}.jpg"] for i in (0, 3, 4, 5, 6, 7)] == ["curated"] * 6
+    printed = capsys.readouterr().out
+    assert "Removed by the dedup stage" in printed and "eval.parquet:0" in printed

@@ -114,7 +114,8 @@ def test_funnel_assigns_rejects_to_steps_by_reason_then_stage(run_dir):
         ("download", "download_failed", 2),
         ("select", "balanced_out", 3),
         ("select", "below_score_quantile", 1),
-        ("dedup", "duplicate", 1),
+        ("select", "near_duplicate", 2),
+        ("elsewhere", "unknown_reason", 1),
         ("capfilt", "some_new_reason", 1),
     ]
     steps = report.funnel(20, rejects, info)
@@ -123,8 +124,9 @@ def test_funnel_assigns_rejects_to_steps_by_reason_then_stage(run_dir):
         ("downloaded", 18),
         ("decoded", 18),
         ("CapFilt passed", 17),
-        ("balanced", 14),
-        ("scored", 13),
-        ("curated", 12),
+        ("deduplicated", 15),
+        ("balanced", 12),
+        ("scored", 11),
+        ("curated", 10),
     ]
-    assert steps[-1].dropped == [("duplicate", 1)]
+    assert steps[-1].dropped == [("unknown_reason", 1)]

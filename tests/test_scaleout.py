@@ -6,8 +6,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_argv
-from PIL import Image
+from conftest import run_argv, textured_image
 
 from curation.world.webserver import Routes, Server
 from flows import cli
@@ -15,7 +14,7 @@ from flows import cli
 
 def image(i: int, size: tuple[int, int] | None = None, fmt: str = "JPEG") -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", size or (16 + 2 * i, 20), (25 * i, 100, 200 - 20 * i)).save(buffer, fmt)
+    textured_image(i, size or (16 + 2 * i, 20)).save(buffer, fmt)
     return buffer.getvalue()
 
 

@@ -211,7 +211,8 @@ def funnel(input_rows: int, rejects: list[tuple], info: RunInfo) -> list[Step]:
     """Rows left after each step, from `rejects` (stage, reason, rows) and the input count."""
     labels = [label for label, _, _ in FUNNEL]
     if info.order == "balance_then_score":
-        labels[3], labels[4] = labels[4], labels[3]
+        scored, balanced = labels.index("scored"), labels.index("balanced")
+        labels[scored], labels[balanced] = labels[balanced], labels[scored]
     dropped: dict[str, list] = {label: [] for label in labels}
     for stage, reason, rows in rejects:
         dropped[_step_of(stage, reason, labels)].append((reason, rows))

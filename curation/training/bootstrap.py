@@ -45,6 +45,18 @@ class BootstrapSpec:
     eval_truth: str | None = None  # its eval_truth.parquet: share of true generated captions
     ablate: bool = False  # one model per data variant after round 1 (ablation.json, .md)
     labelled: str | None = None  # LABELLED parquet: image-encoder pre-training (BLIP's ViT)
+    # Reject web copies of the eval and clean images (eval_overlap), in every CapFilt pass and
+    # in round 0's raw pairs: a model must not be trained on the images it is measured on.
+    decontaminate: bool = True
+
+    def curation_config(self) -> dict:
+        """`config` with the eval and clean sets added to `[dedup] decontaminate`."""
+        held = [str(Path(p).resolve()) for p in (self.eval_set, self.clean) if p]
+        if not self.decontaminate:
+            return self.config
+        dedup = self.config.get("dedup", {})
+        listed = [*dedup.get("decontaminate", []), *held]
+        return {**self.config, "dedup": {**dedup, "decontaminate": listed}}
 
     def web_spec(self, out: str, config: dict) -> RunSpec:
         """A curation run of the web's URL list into `out` with `config`."""
