@@ -193,6 +193,9 @@ class TrainConfig:
     # world (docs/benchmarks.md, CapFilt quality).
     synthetic_gate: float = 1.0
     temperature: float = 0.07  # ITC temperature at the start, then learnt (BLIP: init 0.07)
+    # The ITC objective: "softmax" (CLIP/BLIP's InfoNCE over the batch) or "sigmoid" (SigLIP,
+    # arXiv 2303.15343: each pair a binary match, with a learnt logit bias from -10).
+    contrastive_loss: str = "softmax"
     finetune_epochs: int = 15  # passes over the clean set in fine-tuning (BLIP COCO: 5-6)
     finetune_lr: float = 5e-4  # AdamW peak lr in fine-tuning (BLIP: 1e-5 on ViT-B)
     seed: int = 0  # model init, batch order and negative sampling

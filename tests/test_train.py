@@ -31,7 +31,13 @@ from curation.training.data import (
     web_negative_pool,
 )
 from curation.training.holdout import held_out_scores
-from curation.training.losses import OBJECTIVES, itc_loss, itm_loss, sample_negatives
+from curation.training.losses import (
+    OBJECTIVES,
+    itc_loss,
+    itm_loss,
+    sample_negatives,
+    sigmoid_itc_loss,
+)
 from curation.training.modeling import build_models
 from curation.training.schedule import batch_indices, lr_at
 from curation.world import synthetic
@@ -232,6 +238,24 @@ def test_itc_loss_is_low_for_aligned_features_and_spreads_targets_over_positives
     assert loss == pytest.approx(float(row_loss(i2t) + row_loss(t2i)) / 2, rel=1e-5)
 
 
+def test_sigmoid_itc_loss_is_siglips_pairwise_loss():
+    feats = torch.eye(4)
+    temperature, bias = torch.tensor(0.1), torch.tensor(-5.0)
+    aligned, _ = sigmoid_itc_loss(feats, feats, positives([0, 1, 2, 3]), temperature, bias)
+    shifted, _ = sigmoid_itc_loss(
+        feats, feats.roll(1, 0), positives([0, 1, 2, 3]), temperature, bias
+    )
+    assert aligned < 0.1 < 5 < shifted
+    # SigLIP's Algorithm 1 written out: -sum log sigmoid(label * (t * cos + b)) / B
+    generator = torch.Generator().manual_seed(0)
+    images, texts = (F.normalize(torch.randn(4, 8, generator=generator), dim=-1) for _ in "it")
+    loss, _ = sigmoid_itc_loss(images, texts, positives([0, 0, 2, 3]), temperature, bias)
+    labels = torch.tensor([[1, 1, -1, -1], [1, 1, -1, -1], [-1, -1, 1, -1], [-1, -1, -1, 1]])
+    logits = images @ texts.t() / 0.1 - 5.0
+    expected = -torch.log(torch.sigmoid(labels * logits)).sum() / 4
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_the_same_text_on_two_images_is_a_positive_not_a_negative():
     pixels = torch.zeros(3, 3, 4, 4)
     data = PairData(pixels, torch.tensor([0, 1, 2]), torch.tensor([0, 1, 0]), list("aba"), 0, "")
@@ -307,6 +331,14 @@ def test_each_objective_loss_falls(pretrained):
     assert mean("itc", last) < math.log(16) - 0.3
     assert mean("itm", last) < 0.60
     assert mean("lm", last) < 0.6 * math.log(len(tiny.load_tokenizer()))
+
+
+def test_the_sigmoid_contrastive_loss_trains_and_learns_its_bias(tmp_path, clean_pairs):
+    """`[train] contrastive_loss = "sigmoid"`: the ITC loss falls and the bias moves from -10."""
+    cfg = TrainConfig(**LEARN, epochs=6, log_every=5, contrastive_loss="sigmoid")
+    entries = train.pretrain(clean_pairs, tmp_path, cfg)["jobs"]["pretrain"]["log"]
+    assert entries[-1]["itc"] < entries[0]["itc"]
+    assert entries[-1]["bias"] != pytest.approx(-10.0)
 
 
 def test_outputs_load_with_the_model_layer(pretrained):

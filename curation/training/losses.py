@@ -32,6 +32,29 @@ def itc_loss(
     return (loss_i2t + loss_t2i) / 2, sim
 
 
+def sigmoid_itc_loss(
+    image_feat: torch.Tensor,
+    text_feat: torch.Tensor,
+    positive: torch.Tensor,
+    temperature: torch.Tensor,
+    bias: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, similarities): SigLIP's pairwise sigmoid loss (Zhai et al. 2023, arXiv 2303.15343,
+    Algorithm 1): every (image, text) pair of the batch is a binary match / no match problem,
+    logit = cosine / temperature + bias, summed over the B x B pairs and divided by B.
+
+    Shapes as `itc_loss`; positives (the same image, or the same text) are labelled +1. No
+    softmax over the batch, so no batch-wide normalisation: the loss does not need the other
+    pairs to be negatives of each other, and the bias (SigLIP: init -10) absorbs the
+    imbalance of B positives against B^2 - B negatives. The similarities returned are the
+    cosines / temperature (what hard-negative mining draws from, as with `itc_loss`).
+    """
+    sim = image_feat @ text_feat.t() / temperature
+    labels = positive.float() * 2 - 1
+    loss = -F.logsigmoid(labels * (sim + bias)).sum() / len(sim)
+    return loss, sim
+
+
 def sample_negatives(
     sim: torch.Tensor, same: torch.Tensor, generator: torch.Generator, hard: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +170,11 @@ def compute_losses(
     if "itc" in job.objectives or "itm" in job.objectives:
         filt = job.models["filter"]
         image_feat, text_feat = _itc_features(filt, embeds["filter"], batch)
-        itc, sim = itc_loss(image_feat, text_feat, batch.positive, job.temperature())
+        if cfg.contrastive_loss == "sigmoid":
+            args = (batch.positive, job.temperature(), job.temperature.bias)
+            itc, sim = sigmoid_itc_loss(image_feat, text_feat, *args)
+        else:
+            itc, sim = itc_loss(image_feat, text_feat, batch.positive, job.temperature())
         if "itc" in job.objectives:
             losses["itc"] = itc
         if "itm" in job.objectives:

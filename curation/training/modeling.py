@@ -50,7 +50,9 @@ def build_models(
 
 
 class Temperature(nn.Module):
-    """BLIP's learnable ITC temperature (sec. 3.2; init 0.07, kept within [0.001, 0.5]).
+    """BLIP's learnable ITC temperature (sec. 3.2; init 0.07, kept within [0.001, 0.5]), and
+    the learnable logit bias of SigLIP's sigmoid loss (arXiv 2303.15343; init -10, unused by
+    the softmax loss).
 
     Learning it matters from scratch: with random features a fixed low temperature makes the
     contrastive loss exceed log(batch), and the quickest way down is to collapse every feature
@@ -58,9 +60,10 @@ class Temperature(nn.Module):
     Training only: the saved checkpoints score with plain cosine similarity.
     """
 
-    def __init__(self, init: float):
+    def __init__(self, init: float, bias: float = -10.0):
         super().__init__()
         self.value = nn.Parameter(torch.tensor(float(init)))
+        self.bias = nn.Parameter(torch.tensor(float(bias)))
 
     def forward(self) -> torch.Tensor:
         with torch.no_grad():

@@ -176,6 +176,8 @@ def _after_step(job, ctx: _Context, optimizer, progress: dict, total: int, lr, l
         entry = _log_entry(step, total, lr, progress["acc"])
         if "itc" in job.objectives:
             entry["temperature"] = job.temperature.value.item()
+            if cfg.contrastive_loss == "sigmoid":
+                entry["bias"] = job.temperature.bias.item()
         progress["log"].append(entry)
         progress["acc"] = _new_acc()
         epoch = -(-step // steps_per_epoch(len(ctx.data.texts), cfg.batch_size))
@@ -214,6 +216,10 @@ def check_config(cfg: TrainConfig) -> None:
         (cfg.epochs >= 1 and cfg.finetune_epochs >= 1, "[train] epochs must be >= 1"),
         (cfg.lr > 0 and cfg.finetune_lr > 0, "[train] lr must be > 0"),
         (cfg.temperature > 0, "[train] temperature must be > 0"),
+        (
+            cfg.contrastive_loss in ("softmax", "sigmoid"),
+            "[train] contrastive_loss must be softmax or sigmoid",
+        ),
         (0.0 <= cfg.label_smoothing < 1.0, "[train] label_smoothing must be in [0, 1)"),
         (cfg.checkpoint_every >= 1 and cfg.log_every >= 1, "[train] *_every must be >= 1"),
         (cfg.warmup >= 0 and cfg.max_text_tokens >= 4, "[train] warmup/max_text_tokens too small"),
