@@ -195,11 +195,78 @@ def test_perceptual_hash_rejects_non_images():
 
 
 # ----------------------------------------------------------------------------------------------
+# Thumbnails, verification, match_pairs
+# ----------------------------------------------------------------------------------------------
+
+
+def thumbs(*images: Image.Image) -> np.ndarray:
+    return np.stack([np.frombuffer(dedup.thumbnail(image), dtype=np.uint8) for image in images])
+
+
+def cropped5(image: Image.Image) -> Image.Image:
+    """95% of each side, centred, resized back: the bench's 5% crop at its median offset (a
+    corner crop of a synthetic scene correlates at ~0.8, below the threshold: see dedup.py)."""
+    width, height = image.size
+    left, top = round(width * 0.025), round(height * 0.025)
+    box = (left, top, left + round(width * 0.95), top + round(height * 0.95))
+    return reloaded(image.crop(box).resize((width, height), Image.Resampling.BICUBIC), "JPEG")
+
+
+def test_thumbnail_is_side_by_side_rgb_bytes():
+    side = dedup.THUMBNAIL_SIDE
+    for image in (scene("white", ("circle", "red", "center")), Image.new("L", (31, 7), 9)):
+        data = dedup.thumbnail(image)
+        assert isinstance(data, bytes) and len(data) == side * side * 3
+    assert dedup.thumbnail(Image.new("RGB", (40, 20), (1, 2, 3))) == bytes([1, 2, 3]) * side**2
+    with pytest.raises(TypeError, match="PIL image"):
+        dedup.thumbnail(np.zeros((8, 8, 3), dtype=np.uint8))
+
+
+def test_verification_keeps_copies_and_rejects_other_scenes():
+    objects = (("circle", "blue", "top left"), ("star", "black", "center"))
+    busy = scene("white", *objects, ("square", "red", "bottom right"))
+    red = scene("white", ("circle", "red", "center"))
+    blue = scene("white", ("circle", "blue", "center"))  # pHash 2 bits from `red`
+    assert distance(red, blue) <= D
+    images = thumbs(busy, reloaded(busy, "JPEG", quality=40), cropped5(busy), red, blue)
+    pairs = np.array([[0, 1], [0, 2], [3, 4]], dtype=np.int64)
+    kept = dedup.verified_pairs(pairs, images, dedup.NEAR_DUPLICATE_SIMILARITY)
+    assert kept.tolist() == [[0, 1], [0, 2]]
+
+
+def test_thumbnail_similarity_bounds_and_flat_thumbnails():
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (50, 192), dtype=np.uint8)
+    assert np.allclose(dedup.thumbnail_similarity(a, a), 1.0)
+    assert np.allclose(dedup.thumbnail_similarity(a, 255 - a), -1.0)
+    flat = np.full((2, 192), 200, dtype=np.uint8)
+    other = np.stack([np.full(192, 149, dtype=np.uint8), a[0]])
+    assert dedup.thumbnail_similarity(flat, other).tolist() == [1 - 51 / 255, 0.0]
+
+
+@pytest.mark.parametrize("force_index", [False, True])
+def test_match_pairs_equal_brute_force(monkeypatch, force_index):
+    if force_index:
+        monkeypatch.setattr(dedup, "_BRUTE_FORCE_PAIRS", 0)
+        monkeypatch.setattr(dedup, "_MAX_CANDIDATES", 256)
+    rng = np.random.default_rng(6)
+    references = planted_hashes(D, n_base=600, seed=6)  # with repeats
+    near = [flip_bits(references[i], i % (D + 3), rng) for i in range(0, len(references), 4)]
+    queries = np.concatenate([np.array(near), references[:40], references[-5:]])
+    pairs = dedup.match_pairs(queries, references, D)
+    distance = np.bitwise_count(queries[:, None] ^ references[None, :])
+    expected = np.argwhere(distance <= D).astype(np.int64)  # row-major: sorted by query
+    assert pairs.dtype == np.int64
+    np.testing.assert_array_equal(pairs, expected)
+
+
+# ----------------------------------------------------------------------------------------------
 # Bad arguments
 # ----------------------------------------------------------------------------------------------
 
 
 HASHES = np.array([1, 2, 3], dtype=np.uint64)
+THUMBS = np.zeros((3, 192), dtype=np.uint8)
 
 
 @pytest.mark.parametrize(
@@ -212,6 +279,13 @@ HASHES = np.array([1, 2, 3], dtype=np.uint64)
         lambda: dedup.near_duplicate_pairs(HASHES.reshape(3, 1), 2),
         lambda: dedup.nearest_matches(HASHES, HASHES.astype(np.int64), 2),
         lambda: dedup.nearest_matches(HASHES, HASHES, 70),
+        lambda: dedup.match_pairs(HASHES, HASHES, -1),
+        lambda: dedup.match_pairs(HASHES.astype(np.int64), HASHES, 2),
+        lambda: dedup.thumbnail_similarity(THUMBS, THUMBS[:1]),
+        lambda: dedup.thumbnail_similarity(THUMBS.astype(np.float64), THUMBS),
+        lambda: dedup.verified_pairs(np.array([[0, 3]]), THUMBS, 0.9),
+        lambda: dedup.verified_pairs(np.array([[0, 1]]), THUMBS, 1.5),
+        lambda: dedup.verified_pairs(np.array([[0, 1]]), THUMBS[0], 0.9),
         lambda: dedup.to_signed(np.array([1], dtype=np.int64)),
         lambda: dedup.to_unsigned(np.array([1], dtype=np.uint64)),
         lambda: dedup.duplicate_groups(3, np.array([[0, 3]])),
