@@ -139,6 +139,7 @@ ANNOTATIONS = pa.schema(
         ),  # cosine of the image and the chosen caption; null: no scorer
         pa.field("concepts", pa.list_(pa.string())),  # matched entries; null: no balancing
         pa.field("phash", pa.int64()),  # 64-bit pHash (curation.pipeline.dedup), as int64 bits
+        pa.field("thumbnail", pa.binary()),  # 8x8 RGB (dedup.thumbnail): verifies pHash matches
         # L2-normalised image embedding for SemDeDup; null unless [dedup] semantic_threshold
         pa.field("embedding", pa.list_(pa.float32())),
     ]

@@ -38,6 +38,7 @@ def survivors(images: list[bytes], itm: list[float], captions: list[str] | None 
             "caption": captions or [f"caption {i}" for i in range(len(images))],
             "caption_itm": pa.array(itm, pa.float32()),
             "phash": pa.array(dedup.to_signed(hashes), pa.int64()),
+            "thumbnail": [dedup.thumbnail(im) for im in decoded],
             "embedding": pa.array([None] * len(images), pa.list_(pa.float32())),
         }
     )
@@ -69,6 +70,20 @@ def test_re_encoded_and_resized_copies_are_near_duplicates_distinct_images_are_n
     assert got[0][0] == got[13][0] == "near_duplicate"
     assert got[0][1].startswith(f"copy of {schema.sample_key(12)} kept (pHash distance ")
     assert removed(rows, DedupConfig(near_duplicates=False)) == {}
+
+
+def test_images_with_one_phash_but_other_colours_are_not_copies():
+    """Flat graphics have nearly one pHash (greyscale, little structure): the thumbnail tells a
+    red logo from a blue one, and still finds the red one's re-encoded copy."""
+    red, blue = Image.new("RGB", (80, 80), "red"), Image.new("RGB", (80, 80), "blue")
+    for image in (red, blue):
+        image.paste((255, 255, 255), (30, 30, 50, 50))  # the same white square on each
+    rows = survivors([jpeg(red), jpeg(blue), jpeg(red, 60)], itm=[0.9, 0.5, 0.5])
+    hashes = dedup.to_unsigned(rows["phash"].to_numpy())
+    assert int(hashes[0] ^ hashes[1]).bit_count() <= DedupConfig().hash_distance  # a candidate
+    assert {i: reason for i, (reason, _) in removed(rows, DedupConfig()).items()} == {
+        2: "near_duplicate"
+    }
 
 
 def test_eval_overlap_comes_first_and_names_the_eval_image(tmp_path):
@@ -104,7 +119,7 @@ def test_semantic_duplicates_by_embedding_cosine():
     rows = survivors(images, itm=[0.5, 0.6, 0.5, 0.5])
     basis = np.eye(8, dtype=np.float32)
     vectors = [basis[0], basis[0] + 0.01 * basis[1], basis[2], basis[3]]
-    rows = rows.set_column(5, "embedding", pa.array([v.tolist() for v in vectors]))
+    rows = rows.set_column(6, "embedding", pa.array([v.tolist() for v in vectors]))
     got = removed(rows, DedupConfig(near_duplicates=False, semantic_threshold=0.95))
     assert list(got) == [0] and got[0][0] == "semantic_duplicate"
     assert got[0][1].startswith(f"copy of {schema.sample_key(1)} kept (cosine 1.000")
@@ -115,6 +130,7 @@ DEDUP_CASES = {
     "exact": ({"near_duplicates": False}, {"exact": False}),
     "near_duplicates": ({}, {"near_duplicates": False}),
     "hash_distance": ({}, {"hash_distance": 0}),
+    "thumbnail_similarity": ({}, {"thumbnail_similarity": 1.0}),
     "semantic_threshold": ({"exact": False, "near_duplicates": False}, {"semantic_threshold": 0.5}),
     "max_images_per_caption": ({}, {"max_images_per_caption": 1}),
     "decontaminate": ({}, {"decontaminate": ["EVAL"]}),
@@ -137,7 +153,7 @@ def test_each_dedup_setting_changes_what_is_removed(name, tmp_path):
         jpeg(smooth_image(9)),
     ]
     rows = survivors(images, itm=[0.9, 0.5, 0.5, 0.5, 0.5], captions=["same"] * 5)
-    rows = rows.set_column(5, "embedding", pa.array([[1.0, 0.0]] * 5, pa.list_(pa.float32())))
+    rows = rows.set_column(6, "embedding", pa.array([[1.0, 0.0]] * 5, pa.list_(pa.float32())))
     eval_file = tmp_path / "eval.parquet"
     pq.write_table(pa.table({"image": [jpeg(other)]}), eval_file)
     change = {k: [str(eval_file)] if v == ["EVAL"] else v for k, v in change.items()}

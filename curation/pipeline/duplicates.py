@@ -59,61 +59,89 @@ def check_sources(cfg: DedupConfig) -> None:
 
 
 def eval_hashes(paths: list[str]) -> dict:
-    """pHashes of every decodable image of the --decontaminate files: {hashes (uint64 [E]),
-    names (FILE:ROW per hash), files ({path: sha256, rows, undecodable})}."""
-    hashes, names, files = [], [], {}
+    """pHashes and thumbnails of every decodable image of the --decontaminate files: {hashes
+    (uint64 [E]), thumbnails (uint8 [E, L]), names (FILE:ROW per image), files ({path: sha256,
+    rows, undecodable})}."""
+    hashes, thumbs, names, files = [], [], [], {}
     for path in paths:
         rows = undecodable = 0
         for batch in pq.ParquetFile(path).iter_batches(EVAL_BATCH_ROWS, columns=["image"]):
             for data in batch.column(0).to_pylist():
-                decoded = decode_image(data, 1, 1 << 62) if data else None
-                if decoded is None or decoded.image is None:
+                image = _decoded(data)
+                if image is None:
                     undecodable += 1
                 else:
-                    hashes.append(dedup.perceptual_hash(decoded.image))
+                    hashes.append(dedup.perceptual_hash(image))
+                    thumbs.append(dedup.thumbnail(image))
                     names.append(f"{Path(path).name}:{rows}")
                 rows += 1
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         files[path] = {"sha256": digest, "rows": rows, "undecodable": undecodable}
-    return {"hashes": np.array(hashes, np.uint64), "names": names, "files": files}
+    return {
+        "hashes": np.array(hashes, np.uint64),
+        "thumbnails": _thumbnail_rows(thumbs),
+        "names": names,
+        "files": files,
+    }
+
+
+def _decoded(data: bytes | None):
+    """The upright RGB image of `data`, or None when it does not decode (no size limits: the
+    bytes come from the user's own sets or from images CapFilt already decoded)."""
+    return decode_image(data, 1, 1 << 62).image if data else None
+
+
+def _thumbnail_rows(thumbs: list[bytes | None]) -> np.ndarray:
+    """uint8 [N, L] from `dedup.thumbnail` bytes; a missing one is zeros (it is never read:
+    rows without a hash are not searched)."""
+    size = dedup.THUMBNAIL_SIDE**2 * 3
+    flat = b"".join(t if t else bytes(size) for t in thumbs)
+    return np.frombuffer(flat, np.uint8).reshape(len(thumbs), size)
 
 
 def eval_copies(images: list[bytes], cfg: DedupConfig) -> list[bool]:
-    """Per image: whether it is within ``hash_distance`` of an image of ``cfg.decontaminate``
-    (an image that does not decode is no copy)."""
+    """Per image: whether it is a copy (pHash within ``hash_distance``, thumbnails correlating
+    at ``thumbnail_similarity``) of an image of ``cfg.decontaminate``; one that does not decode
+    is no copy."""
     evals = eval_hashes(cfg.decontaminate)
-    decoded = [decode_image(data, 1, 1 << 62).image for data in images]
-    hashed = [i for i, image in enumerate(decoded) if image is not None]
+    decoded = [_decoded(data) for data in images]
+    hashed = np.array([i for i, image in enumerate(decoded) if image is not None], np.int64)
     hashes = np.array([dedup.perceptual_hash(decoded[i]) for i in hashed], np.uint64)
-    match = dedup.nearest_matches(hashes, evals["hashes"], cfg.hash_distance)
+    thumbs = _thumbnail_rows([dedup.thumbnail(decoded[i]) for i in hashed])
+    match = _eval_matches(hashes, thumbs, evals, cfg)
     copies = [False] * len(images)
-    for i, m in zip(hashed, match, strict=True):
-        copies[i] = bool(m >= 0)
+    for i in hashed[match >= 0]:
+        copies[i] = True
     return copies
+
+
+def _eval_matches(hashes: np.ndarray, thumbs: np.ndarray, evals: dict, cfg: DedupConfig):
+    """int64 [Q]: per query, the nearest eval image (pHash distance, then index) among those it
+    is a verified copy of; -1 for none."""
+    match = np.full(len(hashes), -1, np.int64)
+    if not len(hashes) or not len(evals["hashes"]):
+        return match
+    pairs = dedup.match_pairs(hashes, evals["hashes"], cfg.hash_distance)
+    similar = dedup.thumbnail_similarity(thumbs[pairs[:, 0]], evals["thumbnails"][pairs[:, 1]])
+    pairs = pairs[similar >= cfg.thumbnail_similarity]
+    gaps = np.array([_hamming(hashes[q], evals["hashes"][r]) for q, r in pairs], np.int64)
+    for q, r in pairs[np.lexsort((pairs[:, 1], gaps))[::-1]]:  # the nearest is written last
+        match[q] = r
+    return match
 
 
 def removals(rows: pa.Table, cfg: DedupConfig, evals: dict | None = None) -> pa.Table:
     """REMOVALS for the run's survivors ``rows`` (sample_id, sha256, caption, caption_itm,
-    phash, embedding; one row per survivor), from ``cfg`` and ``eval_hashes``' result."""
+    phash, thumbnail, embedding; one row per survivor), from ``cfg`` and ``eval_hashes``."""
     pool = _Pool(rows)
-    if evals is not None and len(evals["hashes"]):
-        _eval_overlap(pool, evals, cfg.hash_distance)
+    if evals is not None:
+        _eval_overlap(pool, evals, cfg)
     if cfg.exact:
         members = pool.left()
         _, labels = np.unique(np.array(pool.sha, object)[members], return_inverse=True)
         pool.keep_best(R.DUPLICATE, members, labels, lambda row, rep: f"sha256 {pool.sha[row]}")
     if cfg.near_duplicates:
-        members = pool.left(pool.hashed)
-        # equal hashes are one group already: search among distinct ones (a placeholder on
-        # 10,000 URLs would otherwise make 50M pairs)
-        distinct, inverse = np.unique(pool.hashes[members], return_inverse=True)
-        pairs = dedup.near_duplicate_pairs(distinct, cfg.hash_distance)
-        pool.keep_best(
-            R.NEAR_DUPLICATE,
-            members,
-            dedup.duplicate_groups(len(distinct), pairs)[inverse],
-            lambda row, rep: f"pHash distance {_hamming(pool.hashes[row], pool.hashes[rep])}",
-        )
+        _near(pool, cfg)
     if cfg.semantic_threshold > 0:
         _semantic(pool, rows["embedding"].to_pylist(), cfg.semantic_threshold)
     if cfg.max_images_per_caption > 0:
@@ -131,6 +159,7 @@ class _Pool:
         phash = rows["phash"].to_pylist()
         self.hashed = np.array([h is not None for h in phash], bool)
         self.hashes = dedup.to_unsigned(np.array([h or 0 for h in phash], np.int64))
+        self.thumbnails = _thumbnail_rows(rows["thumbnail"].to_pylist())
         itm = np.array(rows["caption_itm"].to_pylist(), float)
         order = np.lexsort((np.array(self.keys), -itm))  # best ITM first, then smaller key
         self.rank = np.empty(len(self.ids), np.int64)
@@ -168,14 +197,34 @@ class _Pool:
         )
 
 
-def _eval_overlap(pool: _Pool, evals: dict, distance: int) -> None:
+def _eval_overlap(pool: _Pool, evals: dict, cfg: DedupConfig) -> None:
     members = pool.left(pool.hashed)
-    match = dedup.nearest_matches(pool.hashes[members], evals["hashes"], distance)
+    match = _eval_matches(pool.hashes[members], pool.thumbnails[members], evals, cfg)
     for row, m in zip(members[match >= 0], match[match >= 0], strict=True):
         gap = _hamming(pool.hashes[row], evals["hashes"][m])
-        pool.drop(
-            row, R.EVAL_OVERLAP, f"near duplicate of {evals['names'][m]} (pHash distance {gap})"
-        )
+        detail = f"near duplicate of {evals['names'][m]} (pHash distance {gap})"
+        pool.drop(row, R.EVAL_OVERLAP, detail)
+
+
+def _near(pool: _Pool, cfg: DedupConfig) -> None:
+    """pHash candidates within ``hash_distance``, kept when their thumbnails correlate at
+    ``thumbnail_similarity`` (pHash is greyscale and coarse: flat graphics collide)."""
+    members = pool.left(pool.hashed)
+    # One search key per distinct (pHash, thumbnail): a placeholder on 10,000 URLs is one key,
+    # not 50M pairs; equal hashes with other thumbnails stay apart until verified.
+    keys = np.concatenate(
+        [pool.hashes[members, None].view(np.uint8).reshape(-1, 8), pool.thumbnails[members]], axis=1
+    )
+    distinct, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    candidates = dedup.near_duplicate_pairs(pool.hashes[members][first], cfg.hash_distance)
+    thumbs = pool.thumbnails[members][first]
+    pairs = dedup.verified_pairs(candidates, thumbs, cfg.thumbnail_similarity)
+    labels = dedup.duplicate_groups(len(distinct), pairs)[inverse.reshape(-1)]
+
+    def note(row: int, rep: int) -> str:
+        return f"pHash distance {_hamming(pool.hashes[row], pool.hashes[rep])}"
+
+    pool.keep_best(R.NEAR_DUPLICATE, members, labels, note)
 
 
 def _semantic(pool: _Pool, embeddings: list, threshold: float) -> None:

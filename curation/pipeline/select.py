@@ -151,6 +151,7 @@ def annotate(
             "dfn": pa.array(notes["dfn"], pa.float32()),
             "concepts": pa.array(concepts or none, pa.list_(pa.string())),
             "phash": pa.array(notes["phash"], pa.int64()),
+            "thumbnail": pa.array(notes["thumbnail"], pa.binary()),
             "embedding": pa.array(notes["embedding"], pa.list_(pa.float32())),
         },
         schema=ANNOTATIONS,
@@ -175,7 +176,7 @@ def _image_notes(
 ) -> dict[str, list]:
     """Per row: DFN score, pHash (signed int64 bits) and embedding; None for an image that no
     longer decodes (kept as data, not raised) and for what no model computes."""
-    notes = {name: [None] * len(images) for name in ("dfn", "phash", "embedding")}
+    notes = {name: [None] * len(images) for name in ("dfn", "phash", "thumbnail", "embedding")}
     models = {id(m): m for m in (scorer, embedder) if m is not None}.values()  # each once
 
     def prepare(start: int):
@@ -183,10 +184,11 @@ def _image_notes(
         rows = [start + i for i, d in enumerate(decoded) if d.image is not None]
         good = [d.image for d in decoded if d.image is not None]
         hashes = dedup.to_signed(np.array([dedup.perceptual_hash(im) for im in good], np.uint64))
-        return rows, hashes.tolist(), {id(m): m.preprocess(good) for m in models}
+        looks = {"phash": hashes.tolist(), "thumbnail": [dedup.thumbnail(im) for im in good]}
+        return rows, looks, {id(m): m.preprocess(good) for m in models}
 
-    for rows, hashes, pixels in _ahead(prepare, range(0, len(images), batch_size), num_workers):
-        columns = {"phash": hashes}
+    for rows, looks, pixels in _ahead(prepare, range(0, len(images), batch_size), num_workers):
+        columns = dict(looks)
         if scorer is not None and rows:
             columns["dfn"] = scorer.score(pixels[id(scorer)], [texts[r] for r in rows])
         if embedder is not None and rows:
