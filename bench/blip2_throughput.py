@@ -307,7 +307,7 @@ def naive_batch(jpegs: list[bytes], web_texts: list[str], captioner, filt, cfg) 
         tokens = processor.tokenizer(
             flat, padding="longest", truncation=True, max_length=35, return_tensors="pt"
         )
-        tokens = {k: tokens[k].to(device) for k in ("input_ids", "attention_mask")}
+        tokens = {name: tokens[name].to(device) for name in ("input_ids", "attention_mask")}
         itm = filt.model(pixel_values=pair_pixels, use_itm_head=True, **tokens).itm_score
         itc = filt.model(pixel_values=pair_pixels, use_itm_head=False, **tokens).itm_score
         scores = itm.float().softmax(-1)[:, 1].tolist(), itc.float().diagonal().tolist()
@@ -447,15 +447,18 @@ def train_row(plan: Plan) -> Row:
 
 
 def attempt(make_row, fallback: Row) -> Row:
-    """The row, or `fallback` saying why it failed: one failed part leaves the others' numbers."""
+    """The row, or `fallback` saying why it failed (one failed part leaves the others' numbers);
+    its note ends with the part's wall time, models' building and inputs included."""
+    start = time.perf_counter()
     try:
-        return make_row()
+        row = make_row()
     except Exception as err:  # reported in the table; the other parts still run
-        fallback.note = f"FAILED: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
-        fallback.met = "no"
-        return fallback
-    finally:
-        free_memory()
+        row = fallback
+        row.note = f"FAILED: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        row.met = "no"
+    free_memory()
+    row.note = "; ".join(filter(None, [row.note, f"part took {time.perf_counter() - start:.0f} s"]))
+    return row
 
 
 def fmt(value: float | None) -> str:
