@@ -2,6 +2,7 @@
 a benchmark that has silently rotted measures nothing)."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 import time
@@ -99,3 +100,23 @@ def test_memory_script_sums_the_process_tree_by_kind():
     finally:
         child.kill()
         child.wait()
+
+
+def test_gpu_check_dry_run_prints_the_three_rows_and_refuses_without_cuda():
+    # The whole prepared command (bench/gpu_check.sh --dry-run: CPU, tiny configs), ~15 s here.
+    script = BENCH / "gpu_check.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(script), "--dry-run"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "dry run" in done.stdout
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ")]
+    whats = [cells[0].removeprefix("| ") for cells in rows[1:]]
+    starts = ("CapFilt, BLIP-tiny", "BLIP-2 (tiny OPT) captioning", "BLIP-tiny pre-training")
+    assert len(whats) == 3 and all(w.startswith(s) for w, s in zip(whats, starts, strict=True))
+    rates = [float(cells[2].split()[0]) for cells in rows[1:]]  # "123.4 images/s"
+    assert all(rate > 0 for rate in rates) and float(rows[1][3]) > 0  # the naive baseline
+    if not torch.cuda.is_available():
+        refused = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+        assert refused.returncode == 2 and "no CUDA device" in refused.stderr
