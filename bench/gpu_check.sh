@@ -5,7 +5,7 @@
 #      Hugging Face pipeline at the same settings (targets: >= 2x naive, >= 225 images/s);
 #   2. BLIP-2 (OPT-2.7B sizes) captioning images/s with Blip2ForConditionalGeneration.generate;
 #   3. BLIP-base pre-training examples/s (bf16 autocast).
-# The measurements are in bench/blip2_throughput.py (--check); its docstring says what each
+# The measurements are in bench/gpu_check.py (--check); its docstring says what each
 # row times and how the naive pipeline is built.
 #
 #   bash bench/gpu_check.sh             # GPU; refuses in one line (exit 2) without CUDA
@@ -46,4 +46,4 @@ if [[ ${#dry_run[@]} -gt 0 ]]; then
     # Two threads: tiny models on a shared CPU run slower with more.
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 fi
-exec "$python" bench/blip2_throughput.py --check "${dry_run[@]}"
+exec "$python" bench/gpu_check.py --check "${dry_run[@]}"

@@ -25,8 +25,8 @@ With `--check` it is what `bench/gpu_check.sh` runs (issue 14): three rows in on
 Each measurement warms up first, then times a fixed amount of work; one that runs out of GPU
 memory halves its batch and says so. `--dry-run` runs the same code on CPU with tiny configs.
 
-    .venv/bin/python bench/blip2_throughput.py --batch-size 64          # BLIP-2 alone, GPU
-    bash bench/gpu_check.sh [--dry-run]                                  # the three rows
+    .venv/bin/python bench/gpu_check.py --batch-size 64   # BLIP-2 alone, GPU
+    bash bench/gpu_check.sh [--dry-run]                   # the three rows
 """
 
 from __future__ import annotations
