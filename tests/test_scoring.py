@@ -5,7 +5,16 @@ import json
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPProcessor,
+    SiglipConfig,
+    SiglipImageProcessorPil,
+    SiglipModel,
+    SiglipProcessor,
+)
 
 from curation.models import blip as models
 from curation.models import scorer as scoring
@@ -52,6 +61,39 @@ def save_tiny_clip(folder, seed: int = 0):
     return folder
 
 
+def save_tiny_siglip(folder, seed: int = 0):
+    """A random SiglipModel (32 px, 2 layers) + SiglipProcessor with the shipped tokenizer."""
+    tokenizer = tiny.load_tokenizer()
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=24,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(
+        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2
+    )
+    torch.manual_seed(seed)
+    model = SiglipModel(
+        SiglipConfig(text_config=text, vision_config={**vision, "num_attention_heads": 2})
+    )
+    with torch.no_grad():  # larger weights than the init, so pair scores spread out
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    model.eval().save_pretrained(folder)
+    image_processor = SiglipImageProcessorPil(size={"height": 32, "width": 32})
+    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def siglip_dir(tmp_path_factory):
+    return save_tiny_siglip(tmp_path_factory.mktemp("siglip"))
+
+
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     return save_tiny_clip(tmp_path_factory.mktemp("clip"))
@@ -89,6 +131,23 @@ def test_clip_scores_equal_model_forward(clip_dir):
     torch.testing.assert_close(torch.tensor(scores), reference, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.tensor(scores), logits, rtol=1e-5, atol=1e-6)
     assert all(-1.0 <= s <= 1.0 for s in scores)
+
+
+def test_siglip_scores_are_the_cosines_its_sigmoid_logits_are_made_of(siglip_dir):
+    """SigLIP (arXiv 2303.15343): logits = cosine * exp(logit_scale) + logit_bias; the DFN score
+    is the cosine, texts padded to the model's 24 positions as SigLIP was trained."""
+    assert scoring.scorer_kind(str(siglip_dir)) == "siglip"
+    scorer = scoring.load_scorer(str(siglip_dir), CPU, torch.float32)
+    assert isinstance(scorer, scoring.SiglipScorer) and scorer.max_text_tokens == 24
+    scores = scorer.score(images(4), TEXTS, batch_size=3)
+    tokens = scorer.tokenize(TEXTS)
+    assert tokens["input_ids"].shape == (4, 24)
+    with torch.no_grad():
+        out = scorer.model(pixel_values=scorer.preprocess(images(4)), **tokens)
+    model = scorer.model
+    cosine = (out.logits_per_image.diagonal() - model.logit_bias) / model.logit_scale.exp()
+    assert cosine.std() > 1e-2
+    torch.testing.assert_close(torch.tensor(scores), cosine, rtol=1e-5, atol=1e-5)
 
 
 def test_blip_itc_scores_equal_model_forward(blip_dirs):
@@ -141,3 +200,48 @@ def test_bad_sources_fail_in_one_line(tmp_path, blip_dirs):
     assert "\n" not in str(err.value)
     with pytest.raises(models.ModelSourceError, match="local Hugging Face cache"):
         scoring.scorer_kind("capfilt-tests/no-such-scorer")
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_a_run_scores_with_each_contrastive_family_and_exports(
+    family, tmp_path, tiny_models, prefect_harness, clip_dir, siglip_dir
+):
+    """`curate run` with `[select] scorer` a CLIP or SigLIP folder (its image embeddings also
+    drive SemDeDup), then `curate export`: every row is accounted for, the kept top half by
+    score is exported."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from conftest import run_argv, textured_image
+
+    from curation.world.webserver import Routes, Server
+    from flows import cli
+
+    served = {}
+    for i in range(6):
+        buffer = io.BytesIO()
+        textured_image(i, (48, 40)).save(buffer, "JPEG")
+        served[f"/{i}.jpg"] = buffer.getvalue()
+    web = Server(Routes({p: (200, "image/jpeg", body) for p, body in served.items()}))
+    scorer = clip_dir if family == "clip" else siglip_dir
+    try:
+        rows = [{"url": web.base_url + p, "caption": f"picture {p}"} for p in served]
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "urls.parquet")
+        (tmp_path / "cfg.toml").write_text(
+            "[capfilt]\nitm_threshold = 0.0\nnum_captions = 1\nmax_new_tokens = 4\n"
+            f'min_new_tokens = 1\n[select]\nmetadata = ""\nscorer = "{scorer}"\n'
+            "score_keep_fraction = 0.5\n[dedup]\nsemantic_threshold = 0.9999\n"
+        )
+        out = tmp_path / "run"
+        assert cli.main(run_argv(tmp_path, out, tiny_models)) == 0
+    finally:
+        web.close()
+    notes = pa.concat_tables(pq.read_table(p) for p in (out / "annotations").glob("*.parquet"))
+    assert notes["dfn"].null_count == 0 and notes["embedding"].null_count == 0
+    kept = pa.concat_tables(pq.read_table(p) for p in (out / "shards").glob("*.parquet"))
+    rejects = pa.concat_tables(pq.read_table(p) for p in (out / "rejects").glob("*.parquet"))
+    assert len(kept) + len(rejects) == 6 and 1 <= len(kept) <= 3
+    assert set(rejects["reason"].to_pylist()) <= {"below_score_quantile", "semantic_duplicate"}
+    assert cli.main(["export", str(out), "--out", str(tmp_path / "wds")]) == 0
+    assert (tmp_path / "wds" / "00000.tar").stat().st_size > 0

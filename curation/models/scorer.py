@@ -12,6 +12,10 @@ Two kinds of checkpoint load here, told apart by the folder's ``config.json`` (`
   ``openai/clip-vit-large-patch14``, DataComp's baseline scorer); the score is the cosine of
   the projected image and text embeddings (``CLIPModel.forward``'s ``logits_per_image`` before
   the temperature).
+- ``siglip``: a ``SiglipModel`` + ``SiglipProcessor`` (Zhai et al. 2023, arXiv 2303.15343, e.g.
+  ``google/siglip-base-patch16-224``); the score is the cosine of its pooled embeddings, texts
+  padded to the model's length as SigLIP was trained (its sigmoid probability is a monotone
+  function of the cosine, so the kept top fraction is the same).
 - ``blip`` with ``BlipForImageTextRetrieval``: the retrieval model our BLIP training writes; the
   score is the cosine of its ITC embeddings (``forward(use_itm_head=False)``), BLIP's own
   contrastive similarity, not the ITM head.
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 from torch.nn.functional import normalize
-from transformers import AutoConfig, CLIPModel, CLIPProcessor
+from transformers import AutoConfig, CLIPModel, CLIPProcessor, SiglipModel, SiglipProcessor
 from transformers.utils import logging as transformers_logging
 
 from curation.models import blip as models
@@ -126,6 +130,21 @@ class ClipScorer(Scorer):
         return normalize(pooled, dim=-1)  # (B, projection_dim)
 
 
+class SiglipScorer(ClipScorer):
+    """SigLIP: as CLIP (cosine of the pooled, projected embeddings), with texts padded to the
+    full length: SigLIP's text tower was trained on max_length padding, not on masks."""
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        tokens = self.processor.tokenizer(
+            texts,
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_text_tokens,
+            return_tensors="pt",
+        )
+        return {"input_ids": tokens["input_ids"].to(self.device)}
+
+
 class BlipItcScorer(Scorer):
     """BLIP retrieval model, ITC: cosine of the projected unimodal [CLS] features
     (``BlipForImageTextRetrieval.forward(use_itm_head=False)``, pair by pair)."""
@@ -139,12 +158,17 @@ class BlipItcScorer(Scorer):
         return normalize(self.model.text_proj(hidden[:, 0, :]), dim=-1)  # (B, E)
 
 
+CONTRASTIVE = {"clip": (CLIPModel, CLIPProcessor, ClipScorer)}
+CONTRASTIVE["siglip"] = (SiglipModel, SiglipProcessor, SiglipScorer)
+
+
 def scorer_kind(id_or_dir: str) -> str:
-    """``"clip"`` or ``"blip_itc"`` from the checkpoint's config; ModelSourceError otherwise."""
+    """``"clip"``, ``"siglip"`` or ``"blip_itc"`` from the checkpoint's config;
+    ModelSourceError otherwise."""
     models.check_model_source(id_or_dir)
     config = AutoConfig.from_pretrained(models._resolve(id_or_dir))
-    if config.model_type == "clip":
-        return "clip"
+    if config.model_type in CONTRASTIVE:
+        return config.model_type
     if config.model_type == "blip":
         if "BlipForImageTextRetrieval" in (config.architectures or []):
             return "blip_itc"
@@ -154,23 +178,26 @@ def scorer_kind(id_or_dir: str) -> str:
         )
     raise models.ModelSourceError(
         f"scorer {id_or_dir!r} has model_type {config.model_type!r}; a scorer must be a CLIP "
-        "model or a BLIP retrieval checkpoint"
+        "or SigLIP model or a BLIP retrieval checkpoint"
     )
 
 
 def load_scorer(id_or_dir: str, device: torch.device, dtype: torch.dtype) -> Scorer:
     """The DFN scorer from a hub id or a ``save_pretrained`` folder, in eval mode on device/dtype.
 
-    CLIP: ``CLIPModel`` + ``CLIPProcessor``, texts truncated at the model's position limit
-    (77 for OpenAI's). BLIP retrieval: loaded as ``curation.models.blip.load_filter`` does, texts
-    truncated at 35 tokens as in BLIP's ITC code.
+    CLIP / SigLIP: ``CLIPModel`` + ``CLIPProcessor`` (``SiglipModel`` + ``SiglipProcessor``),
+    texts truncated at the model's position limit (77 for OpenAI's CLIP, 64 for SigLIP). BLIP
+    retrieval: loaded as ``curation.models.blip.load_filter`` does, texts truncated at 35 tokens
+    as in BLIP's ITC code.
     """
-    if scorer_kind(id_or_dir) == "blip_itc":
+    kind = scorer_kind(id_or_dir)
+    if kind == "blip_itc":
         filt = models.load_filter(id_or_dir, device, dtype)
         return BlipItcScorer(filt.model, filt.processor, BLIP_ITC_MAX_TOKENS)
+    model_class, processor_class, scorer_class = CONTRASTIVE[kind]
     source = models._resolve(id_or_dir)
     transformers_logging.disable_progress_bar()
-    model = CLIPModel.from_pretrained(source, use_safetensors=True, dtype=dtype)
+    model = model_class.from_pretrained(source, use_safetensors=True, dtype=dtype)
     model = model.to(device=device, dtype=dtype).eval()
-    processor = CLIPProcessor.from_pretrained(source)
-    return ClipScorer(model, processor, model.config.text_config.max_position_embeddings)
+    processor = processor_class.from_pretrained(source)
+    return scorer_class(model, processor, model.config.text_config.max_position_embeddings)
