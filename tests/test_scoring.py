@@ -206,9 +206,9 @@ def test_bad_sources_fail_in_one_line(tmp_path, blip_dirs):
 def test_a_run_scores_with_each_contrastive_family_and_exports(
     family, tmp_path, tiny_models, prefect_harness, clip_dir, siglip_dir
 ):
-    """`curate run` with `[select] scorer` a CLIP or SigLIP folder (its image embeddings also
-    drive SemDeDup), then `curate export`: every row is accounted for, the kept top half by
-    score is exported."""
+    """`curate run` with a CLIP or SigLIP folder as CapFilt's filter and as `[select] scorer`
+    (its image embeddings also drive SemDeDup), then `curate export`: every row is accounted
+    for, the texts were judged by the family's own match score, the top half is exported."""
     import io
 
     import pyarrow as pa
@@ -234,14 +234,27 @@ def test_a_run_scores_with_each_contrastive_family_and_exports(
             "score_keep_fraction = 0.5\n[dedup]\nsemantic_threshold = 0.9999\n"
         )
         out = tmp_path / "run"
-        assert cli.main(run_argv(tmp_path, out, tiny_models)) == 0
+        assert cli.main([*run_argv(tmp_path, out, tiny_models), "--filter", str(scorer)]) == 0
     finally:
         web.close()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["filter_family"] == [family]
+    model = scoring.load_scorer(str(scorer), CPU, torch.float32).model
+    passed = pa.concat_tables(pq.read_table(p) for p in (out / "capfilt").glob("*.parquet"))
+    for candidate in (c for row in passed["candidates"].to_pylist() for c in row):
+        cosine = torch.tensor(candidate["itc"])
+        match = (
+            cosine
+            if family == "clip"
+            else torch.sigmoid(cosine * model.logit_scale.exp() + model.logit_bias)
+        )
+        assert candidate["itm"] == pytest.approx(float(match), abs=1e-5)
     notes = pa.concat_tables(pq.read_table(p) for p in (out / "annotations").glob("*.parquet"))
     assert notes["dfn"].null_count == 0 and notes["embedding"].null_count == 0
     kept = pa.concat_tables(pq.read_table(p) for p in (out / "shards").glob("*.parquet"))
     rejects = pa.concat_tables(pq.read_table(p) for p in (out / "rejects").glob("*.parquet"))
     assert len(kept) + len(rejects) == 6 and 1 <= len(kept) <= 3
-    assert set(rejects["reason"].to_pylist()) <= {"below_score_quantile", "semantic_duplicate"}
+    allowed = {"no_matching_text", "below_score_quantile", "semantic_duplicate"}
+    assert set(rejects["reason"].to_pylist()) <= allowed  # a random CLIP's cosines can be < 0
     assert cli.main(["export", str(out), "--out", str(tmp_path / "wds")]) == 0
     assert (tmp_path / "wds" / "00000.tar").stat().st_size > 0

@@ -201,3 +201,60 @@ def load_scorer(id_or_dir: str, device: torch.device, dtype: torch.dtype) -> Sco
     model = model.to(device=device, dtype=dtype).eval()
     processor = processor_class.from_pretrained(source)
     return scorer_class(model, processor, model.config.text_config.max_position_embeddings)
+
+
+@dataclass
+class ContrastiveFilter:
+    """A CLIP or SigLIP model as CapFilt's filter, in place of BLIP's ITM head.
+
+    Per (image, text) pair it gives a match score where BLIP gives the ITM probability, judged
+    against `[capfilt] itm_threshold`: SigLIP's own probability, sigmoid(cosine *
+    exp(logit_scale) + logit_bias) (arXiv 2303.15343), so a threshold means what BLIP's does;
+    CLIP's cosine, with a threshold of its own (LAION-400M kept CLIP ViT-B/32 cosines >= 0.3).
+    The cosine is also its ITC value. `family` ("clip" | "siglip") is what judged the texts.
+    """
+
+    scorer: Scorer
+    family: str
+
+    @property
+    def processor(self):
+        return self.scorer.processor
+
+    def score(
+        self, pixel_values: torch.Tensor, texts: list[list[str]], max_text_tokens: int = 0
+    ) -> tuple[list[list[float]], list[list[float]]]:
+        """As `curation.models.blip.Filter.score`: for image i and each text in texts[i],
+        (match scores, cosines); each image and each text runs through its tower once. Texts
+        are truncated at the model's own length (`max_text_tokens` is BLIP's, unused here)."""
+        counts = [len(t) for t in texts]
+        flat = [
+            t[: models.readable_chars(self.scorer.max_text_tokens)] for per in texts for t in per
+        ]
+        if not flat:
+            return [[] for _ in texts], [[] for _ in texts]
+        owner = torch.repeat_interleave(torch.arange(len(texts)), torch.tensor(counts))
+        with torch.inference_mode():
+            pixels = pixel_values.to(self.scorer.device, self.scorer.dtype, non_blocking=True)
+            image = self.scorer.image_embeds(pixels)  # (B, E), unit norm
+            text = self.scorer.text_embeds(self.scorer.tokenize(flat))  # (T, E), unit norm
+            cosine = (image[owner.to(image.device)] * text).sum(dim=-1).float()
+            match = cosine
+            if self.family == "siglip":
+                model = self.scorer.model
+                match = torch.sigmoid(cosine * model.logit_scale.exp() + model.logit_bias)
+        return models._split(match.tolist(), counts), models._split(cosine.tolist(), counts)
+
+
+def load_filter(id_or_dir: str, device: torch.device, dtype: torch.dtype):
+    """CapFilt's filter by the checkpoint's model_type: BLIP retrieval (ITM; `curation.models.
+    blip.Filter`), or a CLIP / SigLIP model (`ContrastiveFilter`). ModelSourceError otherwise."""
+    kind = scorer_kind(id_or_dir)
+    if kind == "blip_itc":
+        return models.load_filter(id_or_dir, device, dtype)
+    return ContrastiveFilter(load_scorer(id_or_dir, device, dtype), kind)
+
+
+def filter_family(filt) -> str:
+    """ "blip_itm", "clip" or "siglip": which model judged a run's texts."""
+    return getattr(filt, "family", "blip_itm")

@@ -212,7 +212,13 @@ def write_manifest(run_dir: RunDir, cfg: RunConfig, timings: dict) -> dict:
         "urls": run["urls"],
         "shards": run["shards"],
         "config": cfg.to_dict(),
-        "models": {"captioner": cfg.capfilt.captioner, "filter": cfg.capfilt.filter},
+        "models": {
+            "captioner": cfg.capfilt.captioner,
+            "filter": cfg.capfilt.filter,
+            "filter_family": sorted(
+                {m.get("filter_family", "blip_itm") for m in markers if "passed" in m}
+            ),
+        },
         "versions": versions(),
         "counts": counts,
         "timings": timings,

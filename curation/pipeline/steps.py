@@ -62,7 +62,7 @@ def load_models(captioner_id: str, filter_id: str):
     """Each model once per process, whatever the number of shards."""
     device, dtype = models.pick_device()
     captioner = models.load_captioner(captioner_id, device, dtype)
-    filt = models.load_filter(filter_id, device, dtype)
+    filt = scoring.load_filter(filter_id, device, dtype)
     return captioner, filt
 
 
@@ -83,6 +83,7 @@ def capfilt_shard(run_dir: RunDir, shard: int, cfg: RunConfig, progress=None) ->
         "seconds": result.seconds,
         "model_seconds": result.model_seconds,
         "torch_threads": threads,
+        "filter_family": scoring.filter_family(filt),  # which model judged the texts
         # which process ran it and how many model loads that process has done so far: one per
         # process, however many shards it runs (checked on Dask workers in test_scaleout.py)
         "pid": os.getpid(),
