@@ -57,6 +57,8 @@ def checked_run_config(args) -> tuple[config_mod.RunConfig, str | None]:
     urls.read_url_list(args.urls, args.url_col, caption_col)
     models.check_model_source(cfg.capfilt.captioner)
     models.check_model_source(cfg.capfilt.filter)
+    models.check_family(cfg.capfilt.captioner, "captioner")
+    models.check_family(cfg.capfilt.filter, "filter")
     limits = models.captioner_text_limits(cfg.capfilt.captioner)
     models.check_caption_length(*limits, cfg.capfilt.sampling())
     select.check_sources(cfg.select)

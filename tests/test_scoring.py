@@ -1,9 +1,14 @@
-"""DFN scorer on tiny checkpoints built from config: a CLIP folder and our BLIP retrieval folder."""
+"""The contrastive families on tiny checkpoints built from config (CLIP, SigLIP, our BLIP
+retrieval folder): as DFN scorer, as CapFilt's filter, and the checks of what each role loads."""
 
+import io
 import json
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import run_argv, textured_image
 from PIL import Image
 from transformers import (
     CLIPConfig,
@@ -19,6 +24,8 @@ from transformers import (
 from curation.models import blip as models
 from curation.models import scorer as scoring
 from curation.models import tiny
+from curation.world.webserver import Routes, Server
+from flows import cli
 
 CPU = torch.device("cpu")
 TEXTS = ["a red circle", "", "free shipping click here", "two blue stars on a green field"]
@@ -209,15 +216,6 @@ def test_a_run_scores_with_each_contrastive_family_and_exports(
     """`curate run` with a CLIP or SigLIP folder as CapFilt's filter and as `[select] scorer`
     (its image embeddings also drive SemDeDup), then `curate export`: every row is accounted
     for, the texts were judged by the family's own match score, the top half is exported."""
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from conftest import run_argv, textured_image
-
-    from curation.world.webserver import Routes, Server
-    from flows import cli
-
     served = {}
     for i in range(6):
         buffer = io.BytesIO()
@@ -258,3 +256,35 @@ def test_a_run_scores_with_each_contrastive_family_and_exports(
     assert set(rejects["reason"].to_pylist()) <= allowed  # a random CLIP's cosines can be < 0
     assert cli.main(["export", str(out), "--out", str(tmp_path / "wds")]) == 0
     assert (tmp_path / "wds" / "00000.tar").stat().st_size > 0
+
+
+def test_a_checkpoint_a_role_cannot_load_is_refused_before_any_work(
+    tmp_path, tiny_models, clip_dir, capsys
+):
+    """Unsupported model_type, remote code (auto_map), a filter given as captioner: one line,
+    exit 2, nothing written."""
+    pq_path = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:9/a.jpg"], "caption": ["a"]}), pq_path)
+    (tmp_path / "cfg.toml").write_text("")
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (bert / "model.safetensors").write_bytes(b"")
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    config = json.loads((clip_dir / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (remote / "config.json").write_text(json.dumps(config))
+    (remote / "model.safetensors").write_bytes(b"")
+    cases = [
+        (["--filter", str(bert)], "model_type 'bert'"),
+        (["--filter", str(remote)], "remote code"),
+        (["--captioner", str(clip_dir)], "a captioner is one of blip"),
+        (["--captioner", str(tiny_models[1])], "not a BlipForConditionalGeneration"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "run"
+        assert cli.main([*run_argv(tmp_path, out, tiny_models), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+        assert not out.exists()

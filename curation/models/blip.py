@@ -130,6 +130,42 @@ def check_model_source(id_or_dir: str, allow_download: bool = False) -> None:
         ) from None
 
 
+# What each CapFilt role loads, by the checkpoint's model_type: the architecture it must be.
+FAMILIES = {
+    "captioner": {"blip": "BlipForConditionalGeneration"},
+    "filter": {"blip": "BlipForImageTextRetrieval", "clip": None, "siglip": None},
+}
+
+
+def check_family(id_or_dir: str, role: str) -> str:
+    """The checkpoint's model_type, when `role` ("captioner" | "filter") can load it; after
+    `check_model_source`, from config.json alone (no weights read).
+
+    Raises:
+        ModelSourceError: one line, for a config that asks for remote code (`auto_map`; never
+            run), a model_type the role does not load, or the wrong architecture of a family
+            (a captioner given as filter).
+    """
+    try:
+        config = AutoConfig.from_pretrained(_resolve(id_or_dir), local_files_only=True)
+    except ValueError as err:  # an unknown model_type: only remote code could load it
+        raise ModelSourceError(f"{role} {id_or_dir!r}: {str(err).splitlines()[0]}") from None
+    if getattr(config, "auto_map", None):
+        raise ModelSourceError(f"{role} {id_or_dir!r} asks for remote code (auto_map); not run")
+    families = FAMILIES[role]
+    if config.model_type not in families:
+        known = ", ".join(families)
+        raise ModelSourceError(
+            f"{role} {id_or_dir!r} has model_type {config.model_type!r}; a {role} is one of {known}"
+        )
+    needed = families[config.model_type]
+    if needed and needed not in (config.architectures or [needed]):
+        raise ModelSourceError(
+            f"{role} {id_or_dir!r} is a {', '.join(config.architectures)}, not a {needed}"
+        )
+    return config.model_type
+
+
 def captioner_text_limits(captioner_id: str) -> tuple[int, PreTrainedTokenizerBase]:
     """(text position embeddings, tokenizer) of a captioner, read from its config and
     tokenizer files only; `check_model_source` first."""
