@@ -100,16 +100,19 @@ class Scorer(models.OnDevice):
             cosine = (image * text).sum(dim=-1).float().clamp(-1.0, 1.0)
         return cosine.tolist()
 
+    padding = "longest"  # how texts are padded (SigLIP: "max_length", as it was trained)
+    text_inputs = ("input_ids", "attention_mask")  # what the text tower reads
+
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Padded to the longest, truncated to ``max_text_tokens``, on the model's device."""
+        """Padded as ``padding`` says, truncated to ``max_text_tokens``, on the model's device."""
         tokens = self.processor.tokenizer(
             texts,
-            padding="longest",
+            padding=self.padding,
             truncation=True,
             max_length=self.max_text_tokens,
             return_tensors="pt",
         )
-        return {k: tokens[k].to(self.device) for k in ("input_ids", "attention_mask")}
+        return {k: tokens[k].to(self.device) for k in self.text_inputs}
 
     def image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -134,15 +137,8 @@ class SiglipScorer(ClipScorer):
     """SigLIP: as CLIP (cosine of the pooled, projected embeddings), with texts padded to the
     full length: SigLIP's text tower was trained on max_length padding, not on masks."""
 
-    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        tokens = self.processor.tokenizer(
-            texts,
-            padding="max_length",
-            truncation=True,
-            max_length=self.max_text_tokens,
-            return_tensors="pt",
-        )
-        return {"input_ids": tokens["input_ids"].to(self.device)}
+    padding = "max_length"
+    text_inputs = ("input_ids",)
 
 
 class BlipItcScorer(Scorer):
