@@ -25,16 +25,18 @@ import io
 import os
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from curation.pipeline import dedup  # noqa: E402
+from curation.config import DedupConfig  # noqa: E402
+from curation.pipeline import dedup, duplicates  # noqa: E402
 from curation.pipeline.images import decode_image  # noqa: E402
 from curation.world.drawing import encode_jpeg, render_scene  # noqa: E402
 from curation.world.scenes import combo_probs, sample_scenes  # noqa: E402
@@ -285,8 +287,37 @@ def scale(args: argparse.Namespace) -> None:
         f"(load average {os.getloadavg()[0]:.2f})\n"
     )
     print(markdown(rows))
-    distance = args.scale_distances[-1]  # the default (14) is too slow at 1M: see the table
+    distance = args.scale_distances[-1]
     print(f"\n{nearest_row(hashes, np.random.default_rng(args.seed), distance)}")
+    print(f"\n{stage_row(hashes, np.random.default_rng(args.seed))}")
+
+
+def stage_row(hashes: np.ndarray, rng: np.random.Generator) -> str:
+    """The whole plan-time stage (`duplicates.removals` at the defaults: exact, then near
+    duplicates with verification) over one survivor row per hash; a tenth share their bytes."""
+    n = len(hashes)
+    side = dedup.THUMBNAIL_SIDE
+    thumbs = rng.integers(0, 256, (n, side * side * 3), dtype=np.uint8)
+    shas = [f"{i % (n - n // 10):x}" for i in range(n)]  # the last tenth repeats the first
+    rows = pa.table(
+        {
+            "sample_id": pa.array(np.arange(n), pa.int64()),
+            "sha256": shas,
+            "caption": [""] * n,
+            "caption_itm": pa.array(rng.random(n), pa.float32()),
+            "phash": pa.array(dedup.to_signed(hashes), pa.int64()),
+            "thumbnail": [t.tobytes() for t in thumbs],
+            "embedding": pa.nulls(n, pa.list_(pa.float32())),
+        }
+    )
+    start = time.perf_counter()
+    removed = duplicates.removals(rows, DedupConfig())
+    seconds = time.perf_counter() - start
+    counts = Counter(removed["reason"].to_pylist())
+    return (
+        f"duplicates.removals (the plan's dedup stage, defaults): {n:,} survivors, "
+        f"{dict(sorted(counts.items()))} removed, {seconds:.1f} s"
+    )
 
 
 def scale_row(hashes: np.ndarray, distance: int, rng: np.random.Generator) -> dict:

@@ -1,9 +1,9 @@
 -- MetaCLIP balancing (Xu et al. 2023, arXiv 2309.16671): the concept distribution of the pool
--- (every image that passed CapFilt) and of the curated set. Head entries have count >= $t (the
+-- (every image that passed CapFilt and dedup) and of the curated set. Head entries have count >= $t (the
 -- run's t, from selection.json); the tail share is the share of matches outside them; Gini is
 -- over the entries matched at least once (0: all equal; near 1: a few entries hold everything).
 WITH stages AS (
-    SELECT 'pool' AS stage, sample_id, concepts FROM annotations
+    SELECT 'pool' AS stage, sample_id, concepts FROM pool
     UNION ALL
     SELECT 'curated', sample_id, concepts FROM annotations
     WHERE sample_id IN (SELECT sample_id FROM curated)

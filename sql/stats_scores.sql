@@ -1,8 +1,8 @@
 -- DFN scores (Fang et al. 2023, arXiv 2309.17425), cosine of image and chosen caption, of the
--- pool (every image that passed CapFilt) and of the curated set, with the run's $threshold
+-- pool (every image that passed CapFilt and dedup) and of the curated set, with the run's $threshold
 -- (from selection.json; NULL when the score was not thresholded).
 WITH stages AS (
-    SELECT 'pool' AS stage, dfn::DOUBLE AS dfn FROM annotations
+    SELECT 'pool' AS stage, dfn::DOUBLE AS dfn FROM pool
     UNION ALL
     SELECT 'curated', dfn::DOUBLE FROM annotations
     WHERE sample_id IN (SELECT sample_id FROM curated)

@@ -211,3 +211,14 @@ def test_a_run_removes_planted_copies_and_eval_leaks_and_accounts_for_every_row(
     assert [by_path[f"/{i}.jpg"] for i in (0, 3, 4, 5, 6, 7)] == ["curated"] * 6
     printed = capsys.readouterr().out
     assert "Removed by the dedup stage" in printed and "eval.parquet:0" in printed
+
+
+def test_the_pool_view_leaves_out_every_dedup_reason():
+    """sql/views/pool.sql lists the dedup gate's reasons as literals: the same set."""
+    from curation import sql
+
+    text = (sql.SQL_DIR / "views" / "pool.sql").read_text()
+    gate = next(g for g in schema.GATES if g.name == "dedup")
+    assert {r.value for r in gate.reasons} == {
+        r.value for r in schema.Reason if f"'{r.value}'" in text
+    }

@@ -323,9 +323,11 @@ def test_empty_run():
 
 
 def stats_connection(table: pa.Table, curated_ids: list[int]) -> duckdb.DuckDBPyConnection:
-    """What sql.connect will hold: annotations, curated (final shards), and the concepts view."""
+    """What sql.connect will hold: annotations, the pool (here: no dedup removals), curated
+    (final shards), and the concepts view."""
     con = duckdb.connect()
     con.register("annotations", table)
+    con.register("pool", table)
     con.register("curated", pa.table({"sample_id": pa.array(curated_ids, pa.int64())}))
     view = sql.SQL_DIR / "views" / "concepts.sql"
     con.execute((view if view.exists() else sql.SQL_DIR / "select_concepts_view.sql").read_text())

@@ -4,10 +4,14 @@ Decided once over the whole run, in the global plan (``select.global_plan``), be
 and MetaCLIP balancing, so a decision never depends on shards or workers. In this order, each
 pass over the rows the passes before it left:
 
-1. ``eval_overlap``: within ``hash_distance`` (pHash) of an image of a ``--decontaminate`` set
-   (DataComp removed its evaluation sets' near duplicates from its pool, arXiv 2304.14108).
+1. ``eval_overlap``: a copy of an image of a ``--decontaminate`` set (DataComp removed its
+   evaluation sets' near duplicates from its pool, arXiv 2304.14108).
 2. ``duplicate``: the same sha256 of the bytes as another row.
-3. ``near_duplicate``: pHash within ``hash_distance`` (re-encoded, resized, cropped copies).
+3. ``near_duplicate``: a copy of another row (re-encoded, resized, lightly cropped).
+
+A copy: pHashes at most ``hash_distance`` bits apart (the candidates, found by an exact
+multi-index search) whose 8x8 colour thumbnails correlate at ``thumbnail_similarity`` or more
+(the check: pHash is greyscale and coarse, flat graphics collide).
 4. ``semantic_duplicate``: SemDeDup (Abbas et al. 2023, arXiv 2303.09540), cosine of the image
    embeddings >= ``semantic_threshold`` within a k-means cluster.
 5. ``repeated_caption``: more than ``max_images_per_caption`` images with one chosen caption.
@@ -215,7 +219,8 @@ def _near(pool: _Pool, cfg: DedupConfig) -> None:
     keys = np.concatenate(
         [pool.hashes[members, None].view(np.uint8).reshape(-1, 8), pool.thumbnails[members]], axis=1
     )
-    distinct, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    keys = keys.view(np.dtype((np.void, keys.shape[1]))).ravel()  # one sortable item per row
+    distinct, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     candidates = dedup.near_duplicate_pairs(pool.hashes[members][first], cfg.hash_distance)
     thumbs = pool.thumbnails[members][first]
     pairs = dedup.verified_pairs(candidates, thumbs, cfg.thumbnail_similarity)

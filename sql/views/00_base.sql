@@ -19,7 +19,11 @@ FROM read_parquet(getvariable('rejects_files'), filename = true, union_by_name =
 
 CREATE OR REPLACE VIEW annotations AS
 SELECT regexp_extract(filename, '([^/]+)/[^/]+/[^/]+$', 1) AS run_id, * EXCLUDE (filename)
-FROM read_parquet(getvariable('annotations_files'), filename = true, union_by_name = true);
+FROM read_parquet(getvariable('annotations_files'), filename = true, union_by_name = true)
+-- Runs from before the dedup stage have no pHash, thumbnail or embedding: NULL, not an error.
+UNION ALL BY NAME
+SELECT NULL::BIGINT AS phash, NULL::BLOB AS thumbnail, NULL::FLOAT[] AS embedding
+WHERE false;
 
 -- One row per curated image (the name users reach for first).
 CREATE OR REPLACE VIEW samples AS SELECT * FROM curated;
