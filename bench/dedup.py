@@ -294,10 +294,15 @@ def scale(args: argparse.Namespace) -> None:
 
 def stage_row(hashes: np.ndarray, rng: np.random.Generator) -> str:
     """The whole plan-time stage (`duplicates.removals` at the defaults: exact, then near
-    duplicates with verification) over one survivor row per hash; a tenth share their bytes."""
+    duplicates with verification) over one survivor row per hash; a tenth share their bytes.
+    Rows with one pHash but other thumbnails are all paired (k^2 candidates for k of them): a
+    10,000-times repeated hash with random thumbnails would make 50M candidates."""
     n = len(hashes)
     side = dedup.THUMBNAIL_SIDE
-    thumbs = rng.integers(0, 256, (n, side * side * 3), dtype=np.uint8)
+    # one random thumbnail per distinct hash: equal hashes are one picture (the repeated one, a
+    # placeholder), flipped-bit copies look different and fail the check
+    distinct, inverse = np.unique(hashes, return_inverse=True)
+    thumbs = rng.integers(0, 256, (len(distinct), side * side * 3), dtype=np.uint8)[inverse]
     shas = [f"{i % (n - n // 10):x}" for i in range(n)]  # the last tenth repeats the first
     rows = pa.table(
         {

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation import schema
@@ -142,7 +143,7 @@ def removals(rows: pa.Table, cfg: DedupConfig, evals: dict | None = None) -> pa.
         _eval_overlap(pool, evals, cfg)
     if cfg.exact:
         members = pool.left()
-        _, labels = np.unique(np.array(pool.sha, object)[members], return_inverse=True)
+        _, labels = np.unique(pool.sha[members], return_inverse=True)
         pool.keep_best(R.DUPLICATE, members, labels, lambda row, rep: f"sha256 {pool.sha[row]}")
     if cfg.near_duplicates:
         _near(pool, cfg)
@@ -158,18 +159,21 @@ class _Pool:
 
     def __init__(self, rows: pa.Table):
         self.ids = rows["sample_id"].to_numpy()
-        self.keys = [schema.sample_key(int(i)) for i in self.ids]
-        self.sha = rows["sha256"].to_pylist()
-        phash = rows["phash"].to_pylist()
-        self.hashed = np.array([h is not None for h in phash], bool)
-        self.hashes = dedup.to_unsigned(np.array([h or 0 for h in phash], np.int64))
+        self.sha = rows["sha256"].to_numpy(zero_copy_only=False)
+        phash = rows["phash"].combine_chunks()
+        self.hashed = phash.is_valid().to_numpy(zero_copy_only=False)
+        self.hashes = dedup.to_unsigned(pc.fill_null(phash, 0).to_numpy())
         self.thumbnails = _thumbnail_rows(rows["thumbnail"].to_pylist())
-        itm = np.array(rows["caption_itm"].to_pylist(), float)
-        order = np.lexsort((np.array(self.keys), -itm))  # best ITM first, then smaller key
+        itm = pc.fill_null(rows["caption_itm"], 0.0).to_numpy().astype(float)
+        # best ITM first, then the smaller key (sample keys are zero-padded ids: the same order)
+        order = np.lexsort((self.ids, -itm))
         self.rank = np.empty(len(self.ids), np.int64)
         self.rank[order] = np.arange(len(self.ids))
         self.alive = np.ones(len(self.ids), bool)
         self.found: dict[int, tuple[str, str]] = {}  # row -> (reason, detail)
+
+    def key(self, row: int) -> str:
+        return schema.sample_key(int(self.ids[row]))
 
     def left(self, also: np.ndarray | None = None) -> np.ndarray:
         """Positions of the rows no pass has removed (and where ``also`` holds)."""
@@ -185,9 +189,9 @@ class _Pool:
         if not len(members):
             return
         kept = members[dedup.representatives(labels, self.rank[members])]
-        for row, rep in zip(members, kept, strict=True):
-            if row != rep:
-                self.drop(row, reason, f"copy of {self.keys[rep]} kept ({note(row, rep)})")
+        copies = members != kept
+        for row, rep in zip(members[copies], kept[copies], strict=True):
+            self.drop(row, reason, f"copy of {self.key(rep)} kept ({note(row, rep)})")
 
     def table(self) -> pa.Table:
         listed = sorted(self.found)
@@ -260,7 +264,7 @@ def _cap_captions(pool: _Pool, captions: list[str], cap: int) -> None:
         group.sort(key=lambda row: pool.rank[row])
         for row in group[cap:]:
             detail = (
-                f"caption {caption[:60]!r} already on {cap} images, the best {pool.keys[group[0]]}"
+                f"caption {caption[:60]!r} already on {cap} images, the best {pool.key(group[0])}"
             )
             pool.drop(row, R.REPEATED_CAPTION, detail)
 
