@@ -129,7 +129,8 @@ def annotate(
 ) -> pa.Table:
     """ANNOTATIONS for CapFilt's survivors (``schema.CURATED`` rows): the DFN score of the image
     with its chosen caption, the concept-list entries that caption matches, the image's pHash
-    and, with an ``embedder`` (SemDeDup), its image embedding.
+    and thumbnail (the dedup stage's look at it) and, with an ``embedder`` (SemDeDup), its
+    image embedding.
 
     Pure except the model calls. Images are decoded (``images.decode_image``, which already
     passed CapFilt's size guards) and preprocessed ``num_workers`` threads ahead of the models.
@@ -174,8 +175,8 @@ def _image_notes(
     batch_size: int,
     num_workers: int,
 ) -> dict[str, list]:
-    """Per row: DFN score, pHash (signed int64 bits) and embedding; None for an image that no
-    longer decodes (kept as data, not raised) and for what no model computes."""
+    """Per row: DFN score, pHash (signed int64 bits), thumbnail and embedding; None for an image
+    that no longer decodes (kept as data, not raised) and for what no model computes."""
     notes = {name: [None] * len(images) for name in ("dfn", "phash", "thumbnail", "embedding")}
     models = {id(m): m for m in (scorer, embedder) if m is not None}.values()  # each once
 
