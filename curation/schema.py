@@ -77,7 +77,7 @@ class Reason(StrEnum):
     IMAGE_TOO_SMALL = "image_too_small"  # a side below capfilt.min_image_side (tracking pixels)
     IMAGE_TOO_LARGE = "image_too_large"  # more than capfilt.max_image_pixels (bombs)
     NO_MATCHING_TEXT = "no_matching_text"  # no web or synthetic text reached the ITM threshold
-    EVAL_OVERLAP = "eval_overlap"  # a copy of an image of a --decontaminate set
+    EVAL_OVERLAP = "eval_overlap"  # a copy of an image of a --decontaminate set (before CapFilt)
     DUPLICATE = "duplicate"  # the same bytes (sha256) as a kept image
     NEAR_DUPLICATE = "near_duplicate"  # a pHash-close copy of a kept image
     SEMANTIC_DUPLICATE = "semantic_duplicate"  # SemDeDup: an embedding-close copy of a kept image
@@ -104,12 +104,13 @@ GATES = (
         "download", "downloaded", "download", (R.INVALID_URL, R.BLOCKED_ADDRESS, R.DOWNLOAD_FAILED)
     ),
     Gate("decode", "decoded", "decode", (R.DECODE_ERROR, R.IMAGE_TOO_SMALL, R.IMAGE_TOO_LARGE)),
+    Gate("decontaminate", "decontaminated", "capfilt", (R.EVAL_OVERLAP,)),
     Gate("capfilt", "CapFilt passed", "capfilt", (R.NO_MATCHING_TEXT,)),
     Gate(
         "dedup",
         "deduplicated",
         "select",
-        (R.EVAL_OVERLAP, R.DUPLICATE, R.NEAR_DUPLICATE, R.SEMANTIC_DUPLICATE, R.REPEATED_CAPTION),
+        (R.DUPLICATE, R.NEAR_DUPLICATE, R.SEMANTIC_DUPLICATE, R.REPEATED_CAPTION),
     ),
     Gate("score", "scored", "select", (R.BELOW_SCORE_QUANTILE,)),
     Gate("balance", "balanced", "select", (R.NO_CONCEPT_MATCH, R.BALANCED_OUT)),

@@ -44,8 +44,8 @@ def survivors(images: list[bytes], itm: list[float], captions: list[str] | None 
     )
 
 
-def removed(rows: pa.Table, cfg: DedupConfig, evals=None) -> dict[int, tuple[str, str]]:
-    table = duplicates.removals(rows, cfg, evals)
+def removed(rows: pa.Table, cfg: DedupConfig) -> dict[int, tuple[str, str]]:
+    table = duplicates.removals(rows, cfg)
     return {r["sample_id"]: (r["reason"], r["detail"]) for r in table.to_pylist()}
 
 
@@ -86,20 +86,19 @@ def test_images_with_one_phash_but_other_colours_are_not_copies():
     }
 
 
-def test_eval_overlap_comes_first_and_names_the_eval_image(tmp_path):
+def test_a_copy_of_an_eval_image_is_found_and_names_it(tmp_path):
     originals = [smooth_image(seed) for seed in range(6)]
     eval_file = tmp_path / "eval.parquet"
     pq.write_table(pa.table({"image": [jpeg(originals[4]), b"<html>not an image"]}), eval_file)
     cfg = DedupConfig(decontaminate=[str(eval_file)])
     evals = duplicates.eval_hashes(cfg.decontaminate)
     assert evals["files"][str(eval_file)]["undecodable"] == 1
-    rows = survivors([jpeg(im, 70) for im in originals], itm=[0.5] * 6)
-    got = removed(rows, cfg, evals)
-    assert list(got) == [4] and got[4][0] == "eval_overlap"
-    assert got[4][1].startswith("near duplicate of eval.parquet:0 (pHash distance ")
-    assert duplicates.eval_copies([jpeg(im, 50) for im in originals], cfg) == [
-        i == 4 for i in range(6)
-    ]
+    copies = [decode_image(jpeg(im, 70), 1, 1 << 40).image for im in originals]
+    details = duplicates.eval_copy_details(copies, evals, cfg)
+    assert [d is not None for d in details] == [i == 4 for i in range(6)]
+    assert details[4].startswith("near duplicate of eval.parquet:0 (pHash distance ")
+    web = [jpeg(im, 50) for im in originals] + [b"not an image"]
+    assert duplicates.eval_copies(web, cfg) == [i == 4 for i in range(7)]
 
 
 def test_a_caption_on_too_many_images_keeps_its_best_images():
@@ -160,8 +159,8 @@ def test_each_dedup_setting_changes_what_is_removed(name, tmp_path):
     before, after = DedupConfig(**base), DedupConfig(**{**base, **change})
 
     def outcome(cfg):
-        evals = duplicates.eval_hashes(cfg.decontaminate) if cfg.decontaminate else None
-        return removed(rows, cfg, evals)
+        leaks = duplicates.eval_copies(images, cfg) if cfg.decontaminate else None
+        return removed(rows, cfg), leaks
 
     assert outcome(before) != outcome(after)
 

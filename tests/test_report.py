@@ -123,6 +123,7 @@ def test_funnel_assigns_rejects_to_steps_by_reason_then_stage(run_dir):
         ("input", 20),
         ("downloaded", 18),
         ("decoded", 18),
+        ("decontaminated", 18),
         ("CapFilt passed", 17),
         ("deduplicated", 15),
         ("balanced", 12),

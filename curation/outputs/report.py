@@ -201,7 +201,7 @@ def _step_of(stage: str, reason: str, labels: list[str]) -> str:
     for label in labels:
         if reason in steps[label][0]:
             return label
-    for label in labels:
+    for label in reversed(labels):  # a stage's last step: e.g. CapFilt, not decontamination
         if stage == steps[label][1]:
             return label
     return labels[-1]

@@ -19,9 +19,12 @@ import pyarrow.compute as pc
 import torch
 
 from curation import schema
-from curation.config import CapFiltConfig
+from curation.config import CapFiltConfig, DedupConfig
 from curation.models.blip import Captioner, Filter, image_processor_config, preprocess
+from curation.pipeline import duplicates
 from curation.pipeline.images import decode_image
+
+R = schema.Reason
 
 
 @dataclass
@@ -30,17 +33,24 @@ class Batch:
     captioner_pixels: torch.Tensor | None  # [B, 3, H, W]
     filter_pixels: torch.Tensor | None  # [B, 3, H', W'] (the same tensor when configs agree)
     sizes: list[tuple[int, int]]  # (width, height) of each upright image
-    rejects: list[tuple[int, str, str]] = field(default_factory=list)  # (row, reason, detail)
+    # (row, stage, reason, detail): images that did not decode, and copies of eval images
+    rejects: list[tuple[int, str, str, str]] = field(default_factory=list)
 
 
 class _Collate:
-    def __init__(self, captioner_processor, filter_processor, shared: bool):
+    def __init__(self, captioner_processor, filter_processor, shared: bool, evals=None, cfg=None):
         self.captioner_processor, self.filter_processor = captioner_processor, filter_processor
         self.shared = shared
+        self.evals, self.cfg = evals, cfg  # --decontaminate: duplicates.eval_hashes, [dedup]
 
     def __call__(self, items) -> Batch:
         good = [(i, d.image) for i, d in items if d.image is not None]
-        rejects = [(i, d.reason, d.detail) for i, d in items if d.image is None]
+        rejects = [(i, "decode", d.reason, d.detail) for i, d in items if d.image is None]
+        if good and self.evals is not None:  # leaks go before the models spend time on them
+            leaks = duplicates.eval_copy_details([im for _, im in good], self.evals, self.cfg)
+            copies = [(i, d) for (i, _), d in zip(good, leaks, strict=True) if d]
+            rejects += [(i, "capfilt", R.EVAL_OVERLAP.value, d) for i, d in copies]
+            good = [pair for pair, detail in zip(good, leaks, strict=True) if detail is None]
         if not good:
             return Batch([], None, None, [], rejects)
         rows, images = zip(*good, strict=True)
@@ -52,14 +62,22 @@ class _Collate:
         return Batch(list(rows), captioner_pixels, filter_pixels, sizes, rejects)
 
 
-def batches(images: list[bytes], captioner: Captioner, filt: Filter, cfg: CapFiltConfig):
-    """Decoded, preprocessed batches, in order, made `prefetch_batches` ahead by worker threads.
+def batches(
+    images: list[bytes],
+    captioner: Captioner,
+    filt: Filter,
+    cfg: CapFiltConfig,
+    evals: dict | None = None,
+    dedup_cfg: DedupConfig | None = None,
+):
+    """Decoded, preprocessed batches, in order, made `prefetch_batches` ahead by worker threads;
+    with `evals` (`duplicates.eval_hashes`), copies of eval images are rejects, not inputs.
 
     Threads, not processes: Pillow's decoders and resizers and torch's kernels release the GIL,
     and forking a process that runs Prefect's threads is not safe.
     """
     shared = image_processor_config(captioner.processor) == image_processor_config(filt.processor)
-    collate = _Collate(captioner.processor, filt.processor, shared)
+    collate = _Collate(captioner.processor, filt.processor, shared, evals, dedup_cfg)
 
     def make(start: int) -> Batch:
         rows = range(start, min(start + cfg.batch_size, len(images)))
@@ -175,18 +193,27 @@ def download_rejects(raw: pa.Table, shard: int) -> list[dict]:
 
 
 def capfilt_shard(
-    raw: pa.Table, captioner: Captioner, filt: Filter, cfg: CapFiltConfig, shard: int, progress=None
+    raw: pa.Table,
+    captioner: Captioner,
+    filt: Filter,
+    cfg: CapFiltConfig,
+    shard: int,
+    progress=None,
+    decontaminate: tuple[dict, DedupConfig] | None = None,
 ) -> ShardResult:
     """Run CapFilt over one downloaded shard (`schema.RAW`); every row ends curated or rejected.
 
     `progress(n)` is called after each batch with the number of images it held.
+    `decontaminate`: (`duplicates.eval_hashes`, [dedup] settings): a copy of an eval image is
+    rejected as eval_overlap before the models see it (DataComp's decontamination).
     """
     start = time.perf_counter()
     result = ShardResult([], download_rejects(raw, shard))
     rows = raw.filter(pc.equal(raw["status"], "success")).to_pylist()
-    for batch in batches([r["image"] for r in rows], captioner, filt, cfg):
-        for i, reason, detail in batch.rejects:
-            result.rejects.append(_reject(rows[i], "decode", reason, detail, shard))
+    images = [r["image"] for r in rows]
+    for batch in batches(images, captioner, filt, cfg, *(decontaminate or ())):
+        for i, stage, reason, detail in batch.rejects:
+            result.rejects.append(_reject(rows[i], stage, reason, detail, shard))
         if batch.rows:
             picked = [rows[i] for i in batch.rows]
             t0 = time.perf_counter()

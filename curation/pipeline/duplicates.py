@@ -1,20 +1,20 @@
 """The dedup stage of a run: which CapFilt survivors are copies or evaluation leaks.
 
-Decided once over the whole run, in the global plan (``select.global_plan``), before DFN scoring
-and MetaCLIP balancing, so a decision never depends on shards or workers. In this order, each
-pass over the rows the passes before it left:
+Decontamination runs in CapFilt, image by image, before the models: ``eval_overlap``, a copy
+of an image of a ``--decontaminate`` set (DataComp removed its evaluation sets' near duplicates
+from its pool, arXiv 2304.14108). The rest is decided once over the whole run, in the global
+plan (``select.global_plan``), before DFN scoring and MetaCLIP balancing, so a decision never
+depends on shards or workers. In this order, each pass over the rows the passes before it left:
 
-1. ``eval_overlap``: a copy of an image of a ``--decontaminate`` set (DataComp removed its
-   evaluation sets' near duplicates from its pool, arXiv 2304.14108).
-2. ``duplicate``: the same sha256 of the bytes as another row.
-3. ``near_duplicate``: a copy of another row (re-encoded, resized, lightly cropped).
+1. ``duplicate``: the same sha256 of the bytes as another row.
+2. ``near_duplicate``: a copy of another row (re-encoded, resized, lightly cropped).
 
 A copy: pHashes at most ``hash_distance`` bits apart (the candidates, found by an exact
 multi-index search) whose 8x8 colour thumbnails correlate at ``thumbnail_similarity`` or more
 (the check: pHash is greyscale and coarse, flat graphics collide).
-4. ``semantic_duplicate``: SemDeDup (Abbas et al. 2023, arXiv 2303.09540), cosine of the image
+3. ``semantic_duplicate``: SemDeDup (Abbas et al. 2023, arXiv 2303.09540), cosine of the image
    embeddings >= ``semantic_threshold`` within a k-means cluster.
-5. ``repeated_caption``: more than ``max_images_per_caption`` images with one chosen caption.
+4. ``repeated_caption``: more than ``max_images_per_caption`` images with one chosen caption.
 
 Each group of copies keeps one representative: the best chosen caption by ITM, ties by the
 smaller key. A removed row's detail names the representative's key.
@@ -105,19 +105,28 @@ def _thumbnail_rows(thumbs: list[bytes | None]) -> np.ndarray:
 
 
 def eval_copies(images: list[bytes], cfg: DedupConfig) -> list[bool]:
-    """Per image: whether it is a copy (pHash within ``hash_distance``, thumbnails correlating
-    at ``thumbnail_similarity``) of an image of ``cfg.decontaminate``; one that does not decode
-    is no copy."""
+    """Per image: whether it is a copy of an image of ``cfg.decontaminate`` (one that does not
+    decode is no copy): round 0's raw pairs leave them out."""
     evals = eval_hashes(cfg.decontaminate)
     decoded = [_decoded(data) for data in images]
-    hashed = np.array([i for i, image in enumerate(decoded) if image is not None], np.int64)
-    hashes = np.array([dedup.perceptual_hash(decoded[i]) for i in hashed], np.uint64)
-    thumbs = _thumbnail_rows([dedup.thumbnail(decoded[i]) for i in hashed])
+    found = iter(eval_copy_details([im for im in decoded if im is not None], evals, cfg))
+    return [im is not None and next(found) is not None for im in decoded]
+
+
+def eval_copy_details(images: list, evals: dict, cfg: DedupConfig) -> list[str | None]:
+    """Per RGB image: the eval_overlap detail naming the eval image it copies (pHash within
+    ``hash_distance`` and thumbnails correlating at ``thumbnail_similarity``, the nearest
+    such), or None."""
+    hashes = np.array([dedup.perceptual_hash(im) for im in images], np.uint64)
+    thumbs = _thumbnail_rows([dedup.thumbnail(im) for im in images])
     match = _eval_matches(hashes, thumbs, evals, cfg)
-    copies = [False] * len(images)
-    for i in hashed[match >= 0]:
-        copies[i] = True
-    return copies
+    return [
+        None
+        if m < 0
+        else f"near duplicate of {evals['names'][m]} "
+        f"(pHash distance {_hamming(h, evals['hashes'][m])})"
+        for h, m in zip(hashes, match, strict=True)
+    ]
 
 
 def _eval_matches(hashes: np.ndarray, thumbs: np.ndarray, evals: dict, cfg: DedupConfig):
@@ -135,12 +144,10 @@ def _eval_matches(hashes: np.ndarray, thumbs: np.ndarray, evals: dict, cfg: Dedu
     return match
 
 
-def removals(rows: pa.Table, cfg: DedupConfig, evals: dict | None = None) -> pa.Table:
+def removals(rows: pa.Table, cfg: DedupConfig) -> pa.Table:
     """REMOVALS for the run's survivors ``rows`` (sample_id, sha256, caption, caption_itm,
-    phash, thumbnail, embedding; one row per survivor), from ``cfg`` and ``eval_hashes``."""
+    phash, thumbnail, embedding; one row per survivor), from ``cfg``."""
     pool = _Pool(rows)
-    if evals is not None:
-        _eval_overlap(pool, evals, cfg)
     if cfg.exact:
         members = pool.left()
         _, labels = np.unique(pool.sha[members], return_inverse=True)
@@ -205,15 +212,6 @@ class _Pool:
         )
 
 
-def _eval_overlap(pool: _Pool, evals: dict, cfg: DedupConfig) -> None:
-    members = pool.left(pool.hashed)
-    match = _eval_matches(pool.hashes[members], pool.thumbnails[members], evals, cfg)
-    for row, m in zip(members[match >= 0], match[match >= 0], strict=True):
-        gap = _hamming(pool.hashes[row], evals["hashes"][m])
-        detail = f"near duplicate of {evals['names'][m]} (pHash distance {gap})"
-        pool.drop(row, R.EVAL_OVERLAP, detail)
-
-
 def _near(pool: _Pool, cfg: DedupConfig) -> None:
     """pHash candidates within ``hash_distance``, kept when their thumbnails correlate at
     ``thumbnail_similarity`` (pHash is greyscale and coarse: flat graphics collide)."""
@@ -273,13 +271,10 @@ def _hamming(a: np.uint64, b: np.uint64) -> int:
     return int(a ^ b).bit_count()
 
 
-def summary(removed: pa.Table, cfg: DedupConfig, evals: dict | None) -> dict:
-    """What selection.json records of the dedup stage: its settings, removals by reason and
-    the eval sets (path -> sha256, rows, undecodable)."""
+def summary(removed: pa.Table, cfg: DedupConfig) -> dict:
+    """What selection.json records of the dedup stage: its settings and removals by reason."""
     reasons = removed["reason"].to_pylist()
     return {
         "settings": dataclasses.asdict(cfg),
         "removed": {reason: reasons.count(reason) for reason in sorted(set(reasons))},
-        "eval_sets": evals["files"] if evals else {},
-        "eval_images": len(evals["hashes"]) if evals else 0,
     }

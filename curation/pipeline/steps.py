@@ -66,12 +66,20 @@ def load_models(captioner_id: str, filter_id: str):
     return captioner, filt
 
 
+@lru_cache(maxsize=1)
+def load_eval_hashes(paths: tuple[str, ...]) -> dict:
+    """The --decontaminate sets' hashes, once per process."""
+    return duplicates.eval_hashes(list(paths))
+
+
 def capfilt_shard(run_dir: RunDir, shard: int, cfg: RunConfig, progress=None) -> dict:
     """CapFilt one downloaded shard into capfilt/ and rejects/."""
     captioner, filt = load_models(cfg.capfilt.captioner, cfg.capfilt.filter)
     raw = pq.read_table(run_dir.shard_file("raw", shard))
+    evals = cfg.dedup.decontaminate and load_eval_hashes(tuple(cfg.dedup.decontaminate))
+    leaks = (evals, cfg.dedup) if evals else None
     with models.torch_threads(cfg.sharding.torch_threads) as threads:
-        result = capfilt.capfilt_shard(raw, captioner, filt, cfg.capfilt, shard, progress)
+        result = capfilt.capfilt_shard(raw, captioner, filt, cfg.capfilt, shard, progress, leaks)
     passed, rejects = capfilt.to_tables(result)
     io.write_parquet(passed, run_dir.shard_file("capfilt", shard), schema.CURATED)
     io.write_parquet(rejects, run_dir.shard_file("rejects", shard, "capfilt"), schema.REJECTS)
@@ -84,6 +92,7 @@ def capfilt_shard(run_dir: RunDir, shard: int, cfg: RunConfig, progress=None) ->
         "model_seconds": result.model_seconds,
         "torch_threads": threads,
         "filter_family": scoring.filter_family(filt),  # which model judged the texts
+        "eval_images": len(evals["hashes"]) if evals else 0,  # --decontaminate's, hashed
         # which process ran it and how many model loads that process has done so far: one per
         # process, however many shards it runs (checked on Dask workers in test_scaleout.py)
         "pid": os.getpid(),
@@ -132,13 +141,12 @@ def plan_run(run_dir: RunDir, cfg: RunConfig) -> dict:
     if run_dir.selection.exists():
         return select.SelectionPlan.read(run_dir.selection).to_dict()
     con = select.connect(run_dir)
-    evals = duplicates.eval_hashes(cfg.dedup.decontaminate) if cfg.dedup.decontaminate else None
     rows = con.sql(sql.load("dedup_rows")).to_arrow_table()
-    removed = duplicates.removals(rows, cfg.dedup, evals)
+    removed = duplicates.removals(rows, cfg.dedup)
     io.write_parquet(removed, run_dir.duplicates, duplicates.REMOVALS)
     select.exclude(con, removed)
     plan = select.global_plan(con, cfg.select)
-    plan.dedup = duplicates.summary(removed, cfg.dedup, evals)
+    plan.dedup = duplicates.summary(removed, cfg.dedup)
     plan.write(run_dir.selection)  # last: its presence says the plan is done
     return plan.to_dict()
 

@@ -5,6 +5,6 @@ SELECT * FROM annotations
 ANTI JOIN (
     SELECT run_id, sample_id FROM rejects
     WHERE reason IN (
-        'eval_overlap', 'duplicate', 'near_duplicate', 'semantic_duplicate', 'repeated_caption'
+        'duplicate', 'near_duplicate', 'semantic_duplicate', 'repeated_caption'
     )
 ) USING (run_id, sample_id);
