@@ -107,8 +107,9 @@ class DedupConfig:
     # The same chosen caption on more images than this keeps the best this many by ITM (a
     # boilerplate text, e.g. "image not found"); 0 = no cap (counted in `curate stats` anyway).
     max_images_per_caption: int = 0
-    # Parquet files with an `image` column (bytes): web images within hash_distance of any of
-    # them are rejected as eval_overlap (`curate run --decontaminate FILE ...` adds to this).
+    # Parquet files with an `image` column (bytes): a web image that copies one of theirs is
+    # rejected as eval_overlap before CapFilt's models (`curate run --decontaminate FILE ...`
+    # adds to this; `curate bootstrap` adds its eval and clean sets).
     decontaminate: list[str] = field(default_factory=list)
 
 
