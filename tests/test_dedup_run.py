@@ -221,3 +221,29 @@ def test_the_pool_view_leaves_out_every_dedup_reason():
     assert {r.value for r in gate.reasons} == {
         r.value for r in schema.Reason if f"'{r.value}'" in text
     }
+
+
+def test_a_decontaminate_file_without_images_is_refused_before_any_work(
+    tmp_path, tiny_models, capsys
+):
+    from conftest import run_argv
+
+    from flows import cli
+
+    pq.write_table(
+        pa.table({"url": ["http://127.0.0.1:9/a.jpg"], "caption": ["a"]}), tmp_path / "urls.parquet"
+    )
+    (tmp_path / "cfg.toml").write_text("")
+    pq.write_table(pa.table({"image": ["not bytes"]}), tmp_path / "strings.parquet")
+    (tmp_path / "notes.txt").write_text("not parquet")
+    cases = [
+        (tmp_path / "missing.parquet", "not a Parquet file with an image column"),
+        (tmp_path / "notes.txt", "not a Parquet file with an image column"),
+        (tmp_path / "strings.parquet", "image column holds string, not bytes"),
+    ]
+    for path, message in cases:
+        argv = [*run_argv(tmp_path, tmp_path / "run", tiny_models), "--decontaminate", str(path)]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+        assert not (tmp_path / "run").exists()
