@@ -457,6 +457,7 @@ class Filter(_Loaded):
     """BLIP's filter: ITM match probability and ITC cosine similarity per image-text pair."""
 
     model: BlipForImageTextRetrieval
+    family = "blip_itm"  # which model judged a run's texts (the contrastive filters: their own)
 
     def score(
         self,

@@ -218,11 +218,11 @@ class ContrastiveFilter:
         return self.scorer.processor
 
     def score(
-        self, pixel_values: torch.Tensor, texts: list[list[str]], max_text_tokens: int = 0
+        self, pixel_values: torch.Tensor, texts: list[list[str]]
     ) -> tuple[list[list[float]], list[list[float]]]:
         """As `curation.models.blip.Filter.score`: for image i and each text in texts[i],
         (match scores, cosines); each image and each text runs through its tower once. Texts
-        are truncated at the model's own length (`max_text_tokens` is BLIP's, unused here)."""
+        are truncated at the model's own length."""
         counts = [len(t) for t in texts]
         flat = [
             t[: models.readable_chars(self.scorer.max_text_tokens)] for per in texts for t in per
@@ -249,8 +249,3 @@ def load_filter(id_or_dir: str, device: torch.device, dtype: torch.dtype):
     if kind == "blip_itc":
         return models.load_filter(id_or_dir, device, dtype)
     return ContrastiveFilter(load_scorer(id_or_dir, device, dtype), kind)
-
-
-def filter_family(filt) -> str:
-    """ "blip_itm", "clip" or "siglip": which model judged a run's texts."""
-    return getattr(filt, "family", "blip_itm")

@@ -11,6 +11,7 @@ models never wait on Python image code.
 import hashlib
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -19,9 +20,8 @@ import pyarrow.compute as pc
 import torch
 
 from curation import schema
-from curation.config import CapFiltConfig, DedupConfig
+from curation.config import CapFiltConfig
 from curation.models.blip import Captioner, Filter, image_processor_config, preprocess
-from curation.pipeline import duplicates
 from curation.pipeline.images import decode_image
 
 R = schema.Reason
@@ -38,16 +38,16 @@ class Batch:
 
 
 class _Collate:
-    def __init__(self, captioner_processor, filter_processor, shared: bool, evals=None, cfg=None):
+    def __init__(self, captioner_processor, filter_processor, shared: bool, eval_copies=None):
         self.captioner_processor, self.filter_processor = captioner_processor, filter_processor
         self.shared = shared
-        self.evals, self.cfg = evals, cfg  # --decontaminate: duplicates.eval_hashes, [dedup]
+        self.eval_copies = eval_copies  # images -> per image, the eval image it copies, or None
 
     def __call__(self, items) -> Batch:
         good = [(i, d.image) for i, d in items if d.image is not None]
         rejects = [(i, "decode", d.reason, d.detail) for i, d in items if d.image is None]
-        if good and self.evals is not None:  # leaks go before the models spend time on them
-            leaks = duplicates.eval_copy_details([im for _, im in good], self.evals, self.cfg)
+        if good and self.eval_copies:  # leaks go before the models spend time on them
+            leaks = self.eval_copies([im for _, im in good])
             copies = [(i, d) for (i, _), d in zip(good, leaks, strict=True) if d]
             rejects += [(i, "capfilt", R.EVAL_OVERLAP.value, d) for i, d in copies]
             good = [pair for pair, detail in zip(good, leaks, strict=True) if detail is None]
@@ -67,17 +67,16 @@ def batches(
     captioner: Captioner,
     filt: Filter,
     cfg: CapFiltConfig,
-    evals: dict | None = None,
-    dedup_cfg: DedupConfig | None = None,
+    eval_copies: Callable | None = None,
 ):
     """Decoded, preprocessed batches, in order, made `prefetch_batches` ahead by worker threads;
-    with `evals` (`duplicates.eval_hashes`), copies of eval images are rejects, not inputs.
+    images `eval_copies` names an eval image for are rejects, not inputs.
 
     Threads, not processes: Pillow's decoders and resizers and torch's kernels release the GIL,
     and forking a process that runs Prefect's threads is not safe.
     """
     shared = image_processor_config(captioner.processor) == image_processor_config(filt.processor)
-    collate = _Collate(captioner.processor, filt.processor, shared, evals, dedup_cfg)
+    collate = _Collate(captioner.processor, filt.processor, shared, eval_copies)
 
     def make(start: int) -> Batch:
         rows = range(start, min(start + cfg.batch_size, len(images)))
@@ -199,19 +198,20 @@ def capfilt_shard(
     cfg: CapFiltConfig,
     shard: int,
     progress=None,
-    decontaminate: tuple[dict, DedupConfig] | None = None,
+    eval_copies: Callable | None = None,
 ) -> ShardResult:
     """Run CapFilt over one downloaded shard (`schema.RAW`); every row ends curated or rejected.
 
     `progress(n)` is called after each batch with the number of images it held.
-    `decontaminate`: (`duplicates.eval_hashes`, [dedup] settings): a copy of an eval image is
-    rejected as eval_overlap before the models see it (DataComp's decontamination).
+    `eval_copies(images)`: per decoded image, the eval image it copies or None
+    (`duplicates.eval_copy_details`): a copy is rejected as eval_overlap before the models see
+    it (DataComp's decontamination).
     """
     start = time.perf_counter()
     result = ShardResult([], download_rejects(raw, shard))
     rows = raw.filter(pc.equal(raw["status"], "success")).to_pylist()
     images = [r["image"] for r in rows]
-    for batch in batches(images, captioner, filt, cfg, *(decontaminate or ())):
+    for batch in batches(images, captioner, filt, cfg, eval_copies):
         for i, stage, reason, detail in batch.rejects:
             result.rejects.append(_reject(rows[i], stage, reason, detail, shard))
         if batch.rows:

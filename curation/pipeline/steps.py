@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -76,10 +76,14 @@ def capfilt_shard(run_dir: RunDir, shard: int, cfg: RunConfig, progress=None) ->
     """CapFilt one downloaded shard into capfilt/ and rejects/."""
     captioner, filt = load_models(cfg.capfilt.captioner, cfg.capfilt.filter)
     raw = pq.read_table(run_dir.shard_file("raw", shard))
-    evals = cfg.dedup.decontaminate and load_eval_hashes(tuple(cfg.dedup.decontaminate))
-    leaks = (evals, cfg.dedup) if evals else None
+    eval_copies = None
+    if cfg.dedup.decontaminate:
+        evals = load_eval_hashes(tuple(cfg.dedup.decontaminate))
+        eval_copies = partial(duplicates.eval_copy_details, evals=evals, cfg=cfg.dedup)
     with models.torch_threads(cfg.sharding.torch_threads) as threads:
-        result = capfilt.capfilt_shard(raw, captioner, filt, cfg.capfilt, shard, progress, leaks)
+        result = capfilt.capfilt_shard(
+            raw, captioner, filt, cfg.capfilt, shard, progress, eval_copies
+        )
     passed, rejects = capfilt.to_tables(result)
     io.write_parquet(passed, run_dir.shard_file("capfilt", shard), schema.CURATED)
     io.write_parquet(rejects, run_dir.shard_file("rejects", shard, "capfilt"), schema.REJECTS)
@@ -91,8 +95,7 @@ def capfilt_shard(run_dir: RunDir, shard: int, cfg: RunConfig, progress=None) ->
         "seconds": result.seconds,
         "model_seconds": result.model_seconds,
         "torch_threads": threads,
-        "filter_family": scoring.filter_family(filt),  # which model judged the texts
-        "eval_images": len(evals["hashes"]) if evals else 0,  # --decontaminate's, hashed
+        "filter_family": filt.family,  # which model judged the texts
         # which process ran it and how many model loads that process has done so far: one per
         # process, however many shards it runs (checked on Dask workers in test_scaleout.py)
         "pid": os.getpid(),
