@@ -19,12 +19,6 @@ def brute_pairs(hashes: np.ndarray, max_distance: int) -> np.ndarray:
     return np.stack([i, j], axis=1).astype(np.int64)
 
 
-def brute_nearest(queries, references, max_distance: int) -> np.ndarray:
-    distance = np.bitwise_count(queries[:, None] ^ references[None, :]).astype(np.int64)
-    distance[distance > max_distance] = 999
-    return np.where(distance.min(axis=1) <= max_distance, distance.argmin(axis=1), -1)
-
-
 def flip_bits(value: np.uint64, count: int, rng: np.random.Generator) -> np.uint64:
     bits = rng.choice(64, size=count, replace=False).astype(np.uint64)
     return value ^ np.bitwise_or.reduce(np.uint64(1) << bits, initial=np.uint64(0))
@@ -82,30 +76,9 @@ def test_equal_hashes_pair_up_exactly(multi_index):
 def test_empty_and_single_inputs():
     for hashes in (np.array([], dtype=np.uint64), np.array([3], dtype=np.uint64)):
         assert dedup.near_duplicate_pairs(hashes, D).shape == (0, 2)
-        assert dedup.nearest_matches(hashes, hashes, D).tolist() == [0] * len(hashes)
+        assert dedup.match_pairs(hashes, hashes, D).tolist() == [[0, 0]] * len(hashes)
     empty = np.array([], dtype=np.uint64)
-    assert dedup.nearest_matches(np.array([3], dtype=np.uint64), empty, D).tolist() == [-1]
-
-
-@pytest.mark.parametrize("force_index", [False, True])
-def test_nearest_matches_equal_brute_force(monkeypatch, force_index):
-    if force_index:
-        monkeypatch.setattr(dedup, "_BRUTE_FORCE_PAIRS", 0)
-    rng = np.random.default_rng(3)
-    references = planted_hashes(D, n_base=800, seed=3)  # repeats and neighbours: ties
-    references = references[rng.permutation(len(references))]
-    near = [flip_bits(references[i], i % (D + 3), rng) for i in range(0, len(references), 3)]
-    queries = np.concatenate([np.array(near), rng.integers(0, 2**64, 200, dtype=np.uint64)])
-    found = dedup.nearest_matches(queries, references, D)
-    np.testing.assert_array_equal(found, brute_nearest(queries, references, D))
-    assert (found == -1).any() and (found >= 0).any()
-
-
-def test_nearest_match_ties_go_to_the_lowest_index():
-    references = np.array([0b1100, 0b0011, 0b0110, 0b0011], dtype=np.uint64)
-    queries = np.array([0b0000, 0b0011, 0b1111_0000_0000], dtype=np.uint64)
-    # 0b0000 is 2 bits from all of them; 0b0011 equals references 1 and 3
-    assert dedup.nearest_matches(queries, references, 2).tolist() == [0, 1, -1]
+    assert dedup.match_pairs(np.array([3], dtype=np.uint64), empty, D).shape == (0, 2)
 
 
 def test_signed_round_trip():
@@ -277,8 +250,8 @@ THUMBS = np.zeros((3, 192), dtype=np.uint8)
         lambda: dedup.near_duplicate_pairs(HASHES, 2.0),
         lambda: dedup.near_duplicate_pairs(HASHES.astype(np.int64), 2),
         lambda: dedup.near_duplicate_pairs(HASHES.reshape(3, 1), 2),
-        lambda: dedup.nearest_matches(HASHES, HASHES.astype(np.int64), 2),
-        lambda: dedup.nearest_matches(HASHES, HASHES, 70),
+        lambda: dedup.match_pairs(HASHES, HASHES.astype(np.int64), 2),
+        lambda: dedup.match_pairs(HASHES, HASHES, 70),
         lambda: dedup.match_pairs(HASHES, HASHES, -1),
         lambda: dedup.match_pairs(HASHES.astype(np.int64), HASHES, 2),
         lambda: dedup.thumbnail_similarity(THUMBS, THUMBS[:1]),

@@ -313,27 +313,6 @@ def near_duplicate_pairs(hashes: np.ndarray, max_distance: int) -> np.ndarray:
     return _sorted_pairs(found, len(hashes))
 
 
-def nearest_matches(queries: np.ndarray, references: np.ndarray, max_distance: int) -> np.ndarray:
-    """For each query hash, the nearest reference hash within `max_distance`.
-
-    queries: uint64 [Q], references: uint64 [R] (e.g. web images vs an evaluation set). Returns
-    int64 [Q]: the index of the nearest reference (ties: the lowest index), -1 when none is
-    within `max_distance`. ValueError for bad dtypes, shapes or `max_distance`.
-    """
-    queries = _check_array(queries, np.uint64, "queries")
-    references = _check_array(references, np.uint64, "references")
-    max_distance = _check_distance(max_distance)
-    distinct_refs, first_ref = np.unique(references, return_index=True)  # lowest index of each
-    distinct_queries, inverse = np.unique(queries, return_inverse=True)
-    # best[q] = distance * 2**40 + reference index: the minimum is nearest, then lowest index
-    best = np.full(len(distinct_queries), np.iinfo(np.int64).max, dtype=np.int64)
-    for q, r in _matches(distinct_queries, distinct_refs, max_distance):
-        distance = _popcount(distinct_queries[q] ^ distinct_refs[r])
-        np.minimum.at(best, q, (distance << 40) + first_ref[r])
-    found = best != np.iinfo(np.int64).max
-    return np.where(found, best & ((1 << 40) - 1), -1)[inverse.reshape(-1)].astype(np.int64)
-
-
 def match_pairs(queries: np.ndarray, references: np.ndarray, max_distance: int) -> np.ndarray:
     """Every (query index, reference index) pair within Hamming distance `max_distance`.
 
