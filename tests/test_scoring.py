@@ -31,37 +31,39 @@ CPU = torch.device("cpu")
 TEXTS = ["a red circle", "", "free shipping click here", "two blue stars on a green field"]
 
 
+TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+VISION = dict(TOWER, image_size=32, patch_size=8)  # 32 px, 2 layers
+
+
+def text_tower(tokenizer, positions: int, **ids) -> dict:
+    """A 2-layer text tower over the shipped WordPiece tokenizer."""
+    return dict(TOWER, vocab_size=len(tokenizer), max_position_embeddings=positions, **ids)
+
+
+def save_spread(model, folder) -> None:
+    """Save `model` with weights larger than the init, so pair scores spread out."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    model.eval().save_pretrained(folder)
+
+
 def save_tiny_clip(folder, seed: int = 0):
-    """A random CLIPModel (32 px, 2 layers) + CLIPProcessor with the shipped WordPiece tokenizer.
+    """A random CLIPModel + CLIPProcessor with the shipped WordPiece tokenizer.
 
     CLIP pools the text at its EOS token; with a BERT tokenizer that is [SEP].
     """
     tokenizer = tiny.load_tokenizer()
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=64,
+    ids = dict(
         bos_token_id=tokenizer.cls_token_id,
         eos_token_id=tokenizer.sep_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    vision = dict(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-    )
     torch.manual_seed(seed)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
-    with torch.no_grad():  # larger weights than the init, so pair scores spread out
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    model.eval().save_pretrained(folder)
+    text = text_tower(tokenizer, 64, **ids)
+    save_spread(
+        CLIPModel(CLIPConfig(text_config=text, vision_config=VISION, projection_dim=16)), folder
+    )
     crop = {"height": 32, "width": 32}
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size=crop)
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
@@ -69,28 +71,11 @@ def save_tiny_clip(folder, seed: int = 0):
 
 
 def save_tiny_siglip(folder, seed: int = 0):
-    """A random SiglipModel (32 px, 2 layers) + SiglipProcessor with the shipped tokenizer."""
+    """A random SiglipModel + SiglipProcessor with the shipped tokenizer."""
     tokenizer = tiny.load_tokenizer()
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=24,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    vision = dict(
-        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2
-    )
     torch.manual_seed(seed)
-    model = SiglipModel(
-        SiglipConfig(text_config=text, vision_config={**vision, "num_attention_heads": 2})
-    )
-    with torch.no_grad():  # larger weights than the init, so pair scores spread out
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    model.eval().save_pretrained(folder)
+    text = text_tower(tokenizer, 24, pad_token_id=tokenizer.pad_token_id)
+    save_spread(SiglipModel(SiglipConfig(text_config=text, vision_config=VISION)), folder)
     image_processor = SiglipImageProcessorPil(size={"height": 32, "width": 32})
     SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
