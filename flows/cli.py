@@ -51,16 +51,15 @@ def run_config(args) -> config_mod.RunConfig:
 def checked_run_config(args) -> tuple[config_mod.RunConfig, str | None]:
     """The run's configuration and caption column, every input checked now, not in a task."""
     from curation.models import blip as models
+    from curation.models import captioners
 
     cfg = run_config(args)
     caption_col = args.caption_col or None
     urls.read_url_list(args.urls, args.url_col, caption_col)
     models.check_model_source(cfg.capfilt.captioner)
     models.check_model_source(cfg.capfilt.filter)
-    models.check_family(cfg.capfilt.captioner, "captioner")
+    captioners.check_captioner(cfg.capfilt.captioner, cfg.capfilt.sampling())
     models.check_family(cfg.capfilt.filter, "filter")
-    limits = models.captioner_text_limits(cfg.capfilt.captioner)
-    models.check_caption_length(*limits, cfg.capfilt.sampling())
     select.check_sources(cfg.select)
     duplicates.check_sources(cfg.dedup)
     _quiet()

@@ -34,6 +34,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     TopPLogitsWarper,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 from transformers.utils import logging as transformers_logging
 
 from curation.config import ConfigError, Sampling
@@ -131,9 +132,14 @@ def check_model_source(id_or_dir: str, allow_download: bool = False) -> None:
 
 
 # What each CapFilt role loads, by the checkpoint's model_type: the architecture it must be.
+# Captioners: every transformers image-text-to-text family ("blip" is BLIP's own decoder).
 FAMILIES = {
-    "captioner": {"blip": "BlipForConditionalGeneration"},
+    "captioner": dict(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES),
     "filter": {"blip": "BlipForImageTextRetrieval", "clip": None, "siglip": None},
+}
+ROLE_FAMILIES = {
+    "captioner": "BLIP or a transformers image-text-to-text model (BLIP-2, LLaVA, ...)",
+    "filter": "blip, clip or siglip",
 }
 
 
@@ -154,9 +160,9 @@ def check_family(id_or_dir: str, role: str) -> str:
         raise ModelSourceError(f"{role} {id_or_dir!r} asks for remote code (auto_map); not run")
     families = FAMILIES[role]
     if config.model_type not in families:
-        known = ", ".join(families)
         raise ModelSourceError(
-            f"{role} {id_or_dir!r} has model_type {config.model_type!r}; a {role} is one of {known}"
+            f"{role} {id_or_dir!r} has model_type {config.model_type!r}; a {role} is "
+            f"{ROLE_FAMILIES[role]}"
         )
     needed = families[config.model_type]
     if needed and needed not in (config.architectures or [needed]):
@@ -275,6 +281,7 @@ class Captioner(_Loaded):
     """BLIP's image-grounded text decoder, used to write synthetic captions (CapFilt's Cap)."""
 
     model: BlipForConditionalGeneration
+    family = "blip"  # which model wrote a run's synthetic captions (the others: their model_type)
 
     def generate(
         self, pixel_values: torch.Tensor, sampling: Sampling, seed: int | list[int] = 0
@@ -528,8 +535,9 @@ def _split(values: list[float], counts: list[int]) -> list[list[float]]:
     return out
 
 
-def _load(cls, id_or_dir: str, device: torch.device, dtype: torch.dtype):
-    """from_pretrained with safetensors only (never remote code), eval mode, on device/dtype."""
+def load_model(cls, id_or_dir: str, device: torch.device, dtype: torch.dtype):
+    """`cls.from_pretrained` with safetensors only (never remote code), in eval mode on
+    device/dtype. ModelSourceError (one line) when weights of `cls` are missing."""
     source = _resolve(id_or_dir)
     transformers_logging.disable_progress_bar()  # a bar per load would drown the run's progress
     model, info = cls.from_pretrained(
@@ -541,16 +549,16 @@ def _load(cls, id_or_dir: str, device: torch.device, dtype: torch.dtype):
             f"{id_or_dir} is not a {cls.__name__} checkpoint: {len(missing)} weights missing "
             f"(first: {missing[0]})"
         )
-    return model.to(device=device, dtype=dtype).eval(), BlipProcessor.from_pretrained(source)
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def load_captioner(id_or_dir: str, device: torch.device, dtype: torch.dtype) -> Captioner:
     """The captioner from a hub id (default Salesforce/blip-image-captioning-large) or folder."""
-    model, processor = _load(BlipForConditionalGeneration, id_or_dir, device, dtype)
-    return Captioner(model=model, processor=processor)
+    model = load_model(BlipForConditionalGeneration, id_or_dir, device, dtype)
+    return Captioner(model=model, processor=BlipProcessor.from_pretrained(_resolve(id_or_dir)))
 
 
 def load_filter(id_or_dir: str, device: torch.device, dtype: torch.dtype) -> Filter:
     """The filter from a hub id (default Salesforce/blip-itm-large-coco) or folder."""
-    model, processor = _load(BlipForImageTextRetrieval, id_or_dir, device, dtype)
-    return Filter(model=model, processor=processor)
+    model = load_model(BlipForImageTextRetrieval, id_or_dir, device, dtype)
+    return Filter(model=model, processor=BlipProcessor.from_pretrained(_resolve(id_or_dir)))

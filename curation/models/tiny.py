@@ -1,4 +1,4 @@
-"""Small BLIP models built from config, for tests, the offline demo and benchmarks.
+"""Small models built from config, for tests, the offline demo and benchmarks.
 
 Nothing can be downloaded here, so the real loading path (`from_pretrained` on a hub id or a
 folder) is exercised on models built from a `BlipConfig` with random weights and saved with
@@ -12,12 +12,20 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AddedToken,
     BertTokenizerFast,
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2Processor,
     BlipConfig,
     BlipForConditionalGeneration,
     BlipForImageTextRetrieval,
     BlipImageProcessorPil,
     BlipProcessor,
+    CLIPImageProcessorPil,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
 )
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "data" / "tokenizer"
@@ -151,3 +159,97 @@ def save_blip_checkpoints(
         model.save_pretrained(path)  # safetensors by default
         processor.save_pretrained(path)
     return paths
+
+
+# The other captioner families at test sizes: one 32 px image tower and one 2-layer language
+# model of width 32, reading the shipped WordPiece vocabulary plus an "<image>" placeholder.
+TINY_TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+TINY_SIDE, TINY_PATCH = 32, 8
+# LLaVA-1.5's conversation format ("USER: <image>\n... ASSISTANT:"), as a chat template.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: "
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def _tokenizer_with_image_token(tokenizer_dir: str | Path) -> tuple[BertTokenizerFast, int]:
+    tokenizer = load_tokenizer(tokenizer_dir)
+    tokenizer.add_tokens([AddedToken("<image>", normalized=False, special=True)])
+    return tokenizer, tokenizer.convert_tokens_to_ids("<image>")
+
+
+def _language_model(tokenizer: BertTokenizerFast, model_type: str, **sizes) -> dict:
+    """A 2-layer decoder's config over `tokenizer`'s ids ([CLS] starts, [SEP] ends)."""
+    return dict(
+        model_type=model_type,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **sizes,
+    )
+
+
+def save_blip2_captioner(out_dir: str | Path, seed: int = 0, tokenizer_dir=TOKENIZER_DIR) -> Path:
+    """A random BLIP-2 captioner (`Blip2ForConditionalGeneration`: ViT, Q-Former with 4 query
+    tokens, OPT decoder) with its `Blip2Processor`, saved to `out_dir`; returns `out_dir`."""
+    tokenizer, image_token = _tokenizer_with_image_token(tokenizer_dir)
+    config = Blip2Config(
+        vision_config=dict(TINY_TOWER, image_size=TINY_SIDE, patch_size=TINY_PATCH),
+        qformer_config=dict(TINY_TOWER, encoder_hidden_size=32),
+        text_config=_language_model(tokenizer, "opt", ffn_dim=64, word_embed_proj_dim=32),
+        num_query_tokens=4,
+        image_token_index=image_token,
+    )
+    image_processor = BlipImageProcessorPil(size={"height": TINY_SIDE, "width": TINY_SIDE})
+    processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=4)
+    return _save(Blip2ForConditionalGeneration(_seeded(config, seed)), processor, out_dir)
+
+
+def save_llava_captioner(out_dir: str | Path, seed: int = 0, tokenizer_dir=TOKENIZER_DIR) -> Path:
+    """A random LLaVA-1.5-shaped captioner (`LlavaForConditionalGeneration`: CLIP vision
+    tower, MLP projector, Llama decoder) with a `LlavaProcessor` carrying LLaVA-1.5's chat
+    template, saved to `out_dir`; returns `out_dir`."""
+    tokenizer, image_token = _tokenizer_with_image_token(tokenizer_dir)
+    patches = (TINY_SIDE // TINY_PATCH) ** 2
+    config = LlavaConfig(
+        vision_config=dict(
+            TINY_TOWER, model_type="clip_vision_model", image_size=TINY_SIDE, patch_size=TINY_PATCH
+        ),
+        text_config=_language_model(
+            tokenizer, "llama", intermediate_size=64, num_key_value_heads=2
+        ),
+        image_token_index=image_token,
+        image_seq_length=patches,
+        vision_feature_layer=-1,
+    )
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": TINY_SIDE}, crop_size={"height": TINY_SIDE, "width": TINY_SIDE}
+    )
+    processor = LlavaProcessor(
+        image_processor,
+        tokenizer,
+        patch_size=TINY_PATCH,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_CHAT_TEMPLATE,
+        num_additional_image_tokens=1,  # CLIP's class token, dropped by the "default" strategy
+    )
+    return _save(LlavaForConditionalGeneration(_seeded(config, seed)), processor, out_dir)
+
+
+def _seeded(config, seed: int):
+    torch.manual_seed(seed)  # the model built next from `config` is reproducible on its own
+    return config
+
+
+def _save(model: torch.nn.Module, processor, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    model.eval().save_pretrained(out)  # safetensors by default
+    processor.save_pretrained(out)
+    return out

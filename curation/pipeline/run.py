@@ -215,9 +215,12 @@ def write_manifest(run_dir: RunDir, cfg: RunConfig, timings: dict) -> dict:
         "models": {
             "captioner": cfg.capfilt.captioner,
             "filter": cfg.capfilt.filter,
-            "filter_family": sorted(
-                {m.get("filter_family", "blip_itm") for m in markers if "passed" in m}
-            ),
+            **{
+                f"{role}_family": sorted(
+                    {m.get(f"{role}_family", blip) for m in markers if "passed" in m}
+                )  # markers of earlier versions lack it: BLIP's models were all they loaded
+                for role, blip in (("captioner", "blip"), ("filter", "blip_itm"))
+            },
         },
         "versions": versions(),
         "counts": counts,

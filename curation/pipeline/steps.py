@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from curation import io, schema, sql
 from curation.config import RunConfig, SelectConfig
 from curation.models import blip as models
+from curation.models import captioners
 from curation.models import scorer as scoring
 from curation.pipeline import capfilt, download, duplicates, select
 from curation.rundir import RunDir
@@ -61,7 +62,7 @@ def download_shard(run_dir: RunDir, shard: int, cfg: RunConfig) -> dict:
 def load_models(captioner_id: str, filter_id: str):
     """Each model once per process, whatever the number of shards."""
     device, dtype = models.pick_device()
-    captioner = models.load_captioner(captioner_id, device, dtype)
+    captioner = captioners.load_captioner(captioner_id, device, dtype)
     filt = scoring.load_filter(filter_id, device, dtype)
     return captioner, filt
 
@@ -95,6 +96,7 @@ def capfilt_shard(run_dir: RunDir, shard: int, cfg: RunConfig, progress=None) ->
         "seconds": result.seconds,
         "model_seconds": result.model_seconds,
         "torch_threads": threads,
+        "captioner_family": captioner.family,  # which model wrote the synthetic captions
         "filter_family": filt.family,  # which model judged the texts
         # which process ran it and how many model loads that process has done so far: one per
         # process, however many shards it runs (checked on Dask workers in test_scaleout.py)
