@@ -21,9 +21,12 @@ from transformers import (
     SiglipProcessor,
 )
 
+from curation import config
 from curation.models import blip as models
+from curation.models import captioners
 from curation.models import scorer as scoring
 from curation.models import tiny
+from curation.pipeline import capfilt
 from curation.world.webserver import Routes, Server
 from flows import cli
 
@@ -194,13 +197,18 @@ def test_bad_sources_fail_in_one_line(tmp_path, blip_dirs):
         scoring.scorer_kind("capfilt-tests/no-such-scorer")
 
 
-@pytest.mark.parametrize("family", ["clip", "siglip"])
-def test_a_run_scores_with_each_contrastive_family_and_exports(
-    family, tmp_path, tiny_models, prefect_harness, clip_dir, siglip_dir
+@pytest.mark.parametrize(
+    ("family", "captioner_family"), [("clip", "blip-2"), ("siglip", "llava")]
+)
+def test_a_run_with_each_model_family_exports(
+    family, captioner_family, tmp_path, tiny_models, prefect_harness, clip_dir, siglip_dir
 ):
     """`curate run` with a CLIP or SigLIP folder as CapFilt's filter and as `[select] scorer`
-    (its image embeddings also drive SemDeDup), then `curate export`: every row is accounted
-    for, the texts were judged by the family's own match score, the top half is exported."""
+    (its image embeddings also drive SemDeDup) and a BLIP-2 or LLaVA captioner, then `curate
+    export`: every row is accounted for, each image got the family's own caption, the texts
+    were judged by the family's own match score, the top half is exported."""
+    build = {"blip-2": tiny.save_blip2_captioner, "llava": tiny.save_llava_captioner}
+    captioner = build[captioner_family](tmp_path / captioner_family)
     served = {}
     for i in range(6):
         buffer = io.BytesIO()
@@ -217,13 +225,23 @@ def test_a_run_scores_with_each_contrastive_family_and_exports(
             "score_keep_fraction = 0.5\n[dedup]\nsemantic_threshold = 0.9999\n"
         )
         out = tmp_path / "run"
-        assert cli.main([*run_argv(tmp_path, out, tiny_models), "--filter", str(scorer)]) == 0
+        models_argv = ["--filter", str(scorer), "--captioner", str(captioner)]
+        assert cli.main([*run_argv(tmp_path, out, tiny_models), *models_argv]) == 0
     finally:
         web.close()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["models"]["filter_family"] == [family]
+    assert manifest["models"]["captioner_family"] == [captioner_family]
+    own = captioners.load_captioner(str(captioner), CPU, torch.float32)
     model = scoring.load_scorer(str(scorer), CPU, torch.float32).model
     passed = pa.concat_tables(pq.read_table(p) for p in (out / "capfilt").glob("*.parquet"))
+    settings = config.load(str(tmp_path / "cfg.toml")).capfilt
+    for row in passed.to_pylist():
+        pixels = models.preprocess(own.processor, [Image.open(io.BytesIO(row["image"]))])
+        seed = capfilt.image_seed(settings.seed, row["sample_id"])
+        [[caption]] = own.generate(pixels, settings.sampling(), seed)
+        synthetic = [c["text"] for c in row["candidates"] if c["source"] == "synthetic"]
+        assert synthetic == [caption]
     for candidate in (c for row in passed["candidates"].to_pylist() for c in row):
         cosine = torch.tensor(candidate["itc"])
         match = (
@@ -264,7 +282,7 @@ def test_a_checkpoint_a_role_cannot_load_is_refused_before_any_work(
     cases = [
         (["--filter", str(bert)], "model_type 'bert'"),
         (["--filter", str(remote)], "remote code"),
-        (["--captioner", str(clip_dir)], "a captioner is one of blip"),
+        (["--captioner", str(clip_dir)], "a captioner is BLIP or a transformers image-text"),
         (["--captioner", str(tiny_models[1])], "not a BlipForConditionalGeneration"),
     ]
     for extra, message in cases:

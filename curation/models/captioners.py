@@ -68,8 +68,9 @@ def check_captioner(id_or_dir: str, sampling: Sampling) -> None:
 
 def prompt_inputs(processor, prompt: str, name: str = "captioner") -> dict[str, torch.Tensor]:
     """The text inputs (1, L) every image shares: `prompt` through the processor's chat
-    template (a user turn of the image and the prompt) when it has one, else as it is; the
-    processor places the image tokens (BLIP-2 before the prompt).
+    template (a user turn of the image and the prompt) when it has one, else as it is, and the
+    processor places the image tokens (BLIP-2: before the prompt); a processor that wants them
+    marked in the text gets its image token first, on a line of its own.
 
     Raises ConfigError (one line) for a processor that gives per-image inputs beyond
     (N, 3, H, W) pixel_values (a dynamic-resolution model).
@@ -80,7 +81,11 @@ def prompt_inputs(processor, prompt: str, name: str = "captioner") -> dict[str, 
             [{"role": "user", "content": turn}], add_generation_prompt=True
         )
     probe = Image.new("RGB", (64, 64), (127, 127, 127))  # any image: the resolution is fixed
-    inputs = processor(images=[probe], text=[prompt], return_tensors="pt")
+    try:  # BLIP-2's and PaliGemma's processors place the image tokens themselves
+        inputs = processor(images=[probe], text=[prompt], return_tensors="pt")
+    except ValueError:  # others want the image's place marked in the text: first, as LLaVA
+        marked = f"{getattr(processor, 'image_token', '')}\n{prompt}"
+        inputs = processor(images=[probe], text=[marked], return_tensors="pt")
     extra = sorted(set(inputs) - FIXED_INPUTS)
     if extra or inputs["pixel_values"].dim() != 4:
         shape = tuple(inputs["pixel_values"].shape)

@@ -174,7 +174,8 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 
-def _tokenizer_with_image_token(tokenizer_dir: str | Path) -> tuple[BertTokenizerFast, int]:
+def tokenizer_with_image_token(tokenizer_dir: str | Path) -> tuple[BertTokenizerFast, int]:
+    """The shipped tokenizer with an "<image>" placeholder token added, and that token's id."""
     tokenizer = load_tokenizer(tokenizer_dir)
     tokenizer.add_tokens([AddedToken("<image>", normalized=False, special=True)])
     return tokenizer, tokenizer.convert_tokens_to_ids("<image>")
@@ -199,7 +200,7 @@ def _language_model(tokenizer: BertTokenizerFast, model_type: str, **sizes) -> d
 def save_blip2_captioner(out_dir: str | Path, seed: int = 0, tokenizer_dir=TOKENIZER_DIR) -> Path:
     """A random BLIP-2 captioner (`Blip2ForConditionalGeneration`: ViT, Q-Former with 4 query
     tokens, OPT decoder) with its `Blip2Processor`, saved to `out_dir`; returns `out_dir`."""
-    tokenizer, image_token = _tokenizer_with_image_token(tokenizer_dir)
+    tokenizer, image_token = tokenizer_with_image_token(tokenizer_dir)
     config = Blip2Config(
         vision_config=dict(TINY_TOWER, image_size=TINY_SIDE, patch_size=TINY_PATCH),
         qformer_config=dict(TINY_TOWER, encoder_hidden_size=32),
@@ -216,7 +217,7 @@ def save_llava_captioner(out_dir: str | Path, seed: int = 0, tokenizer_dir=TOKEN
     """A random LLaVA-1.5-shaped captioner (`LlavaForConditionalGeneration`: CLIP vision
     tower, MLP projector, Llama decoder) with a `LlavaProcessor` carrying LLaVA-1.5's chat
     template, saved to `out_dir`; returns `out_dir`."""
-    tokenizer, image_token = _tokenizer_with_image_token(tokenizer_dir)
+    tokenizer, image_token = tokenizer_with_image_token(tokenizer_dir)
     patches = (TINY_SIDE // TINY_PATCH) ** 2
     config = LlavaConfig(
         vision_config=dict(

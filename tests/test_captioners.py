@@ -1,0 +1,86 @@
+"""Captioner families beyond BLIP on tiny random checkpoints built from config: BLIP-2 (a prompt
+the model continues) and LLaVA (a prompt through its chat template), and what is refused."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from transformers import LlavaNextConfig, LlavaNextImageProcessorPil, LlavaNextProcessor
+
+from curation.config import ConfigError, Sampling
+from curation.models import blip, captioners, tiny
+
+CPU = torch.device("cpu")
+SAMPLING = Sampling(num_captions=3, min_new_tokens=4, max_new_tokens=6)
+BUILDERS = {"blip-2": tiny.save_blip2_captioner, "llava": tiny.save_llava_captioner}
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def captioner(request, tmp_path_factory):
+    folder = BUILDERS[request.param](tmp_path_factory.mktemp(request.param))
+    return captioners.load_captioner(str(folder), CPU, torch.float32)
+
+
+def pixels(captioner, n: int) -> torch.Tensor:
+    images = [Image.new("RGB", (40 + 9 * i, 30), (50 * i, 120, 200 - 30 * i)) for i in range(n)]
+    return blip.preprocess(captioner.processor, images)
+
+
+def test_k_captions_per_image_each_from_its_own_stream(captioner):
+    """An image's captions depend on its seed and pixels alone, not on its batch."""
+    batch = pixels(captioner, 4)
+    together = captioner.generate(batch, SAMPLING, seed=[11, 12, 13, 14])
+    assert [len(c) for c in together] == [3, 3, 3, 3]
+    assert captioner.generate(batch[2:3], SAMPLING, seed=[13]) == [together[2]]
+    assert captioner.generate(batch[2:3], SAMPLING, seed=[99]) != [together[2]]
+    assert len({c for per in together for c in per}) > 6  # sampled, not one greedy caption
+    assert captioner.generate(batch, Sampling(num_captions=0), seed=1) == [[]] * 4
+
+
+def test_the_prompt_and_top_p_change_the_captions(captioner):
+    batch = pixels(captioner, 2)
+    base = captioner.generate(batch, SAMPLING, seed=[1, 2])
+    prompt = Sampling(**{**SAMPLING.__dict__, "prompt": "a drawing of a small"})
+    assert captioner.generate(batch, prompt, seed=[1, 2]) != base
+    greedy = captioner.generate(batch, Sampling(**{**SAMPLING.__dict__, "top_p": 1e-6}), [1, 2])
+    assert len(set(greedy[0])) == 1 and greedy != base  # the nucleus of one token: argmax
+
+
+def test_blip2_places_its_query_tokens_and_llava_uses_its_chat_template(captioner):
+    ids = captioners.prompt_inputs(captioner.processor, "a picture of")["input_ids"][0].tolist()
+    tokenizer = captioner.processor.tokenizer
+    image = tokenizer.convert_tokens_to_ids("<image>")
+    text = tokenizer.decode([i for i in ids if i != image], skip_special_tokens=True)
+    if captioner.family == "blip-2":
+        assert ids[:4] == [image] * 4 and image not in ids[4:]  # 4 query tokens, then the text
+        assert text == "a picture of"
+    else:
+        assert ids.count(image) == 16  # 4 x 4 patches, CLIP's class token dropped
+        assert text.startswith("user :") and text.endswith("a picture of assistant :")
+
+
+def test_a_captioner_that_cannot_serve_is_refused_in_one_line(tmp_path):
+    folder = tiny.save_blip2_captioner(tmp_path / "blip2")
+    captioners.check_captioner(str(folder), SAMPLING)
+    with pytest.raises(ConfigError, match="at most 119") as err:  # 128 positions, 9 prompt
+        captioners.check_captioner(str(folder), Sampling(max_new_tokens=120))
+    assert "\n" not in str(err.value)
+
+
+def test_a_dynamic_resolution_model_is_refused_in_one_line(tmp_path):
+    """LLaVA-NeXT tiles each image by its size (`image_sizes`): no fixed prompt length."""
+    folder = tmp_path / "llava_next"
+    tokenizer, image_token = tiny.tokenizer_with_image_token(tiny.TOKENIZER_DIR)
+    LlavaNextConfig(image_token_index=image_token).save_pretrained(folder)
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    processor = LlavaNextProcessor(
+        image_processor, tokenizer, patch_size=8, vision_feature_select_strategy="default"
+    )
+    processor.save_pretrained(folder)
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "llava_next"
+    with pytest.raises(ConfigError, match="per-image inputs .*image_sizes") as err:
+        captioners.check_captioner(str(folder), SAMPLING)
+    assert "\n" not in str(err.value)
