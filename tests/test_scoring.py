@@ -23,9 +23,8 @@ from transformers import (
 
 from curation import config
 from curation.models import blip as models
-from curation.models import captioners
+from curation.models import captioners, tiny
 from curation.models import scorer as scoring
-from curation.models import tiny
 from curation.pipeline import capfilt
 from curation.world.webserver import Routes, Server
 from flows import cli
@@ -197,9 +196,7 @@ def test_bad_sources_fail_in_one_line(tmp_path, blip_dirs):
         scoring.scorer_kind("capfilt-tests/no-such-scorer")
 
 
-@pytest.mark.parametrize(
-    ("family", "captioner_family"), [("clip", "blip-2"), ("siglip", "llava")]
-)
+@pytest.mark.parametrize(("family", "captioner_family"), [("clip", "blip-2"), ("siglip", "llava")])
 def test_a_run_with_each_model_family_exports(
     family, captioner_family, tmp_path, tiny_models, prefect_harness, clip_dir, siglip_dir
 ):
