@@ -1,11 +1,11 @@
 """Captioning throughput of the BLIP model families on a GPU, random weights (nothing downloaded).
 
-Alone, it times BLIP-2 captioning: `Blip2ForConditionalGeneration.generate` at OPT-2.7B sizes
-(Salesforce/blip2-opt-2.7b's architecture: ViT-g/14 at 224 px, Q-Former defaults, OPT-2.7B),
-bf16, K captions per image by `num_return_sequences`, nucleus sampling (top_p 0.9), a fixed
-number of new tokens. The product cannot load BLIP-2 as its captioner yet; this is the model
-family's cost. Images are random pixel_values already on the device (preprocessing is small
-beside a 3.8 B-parameter model).
+Alone, it times BLIP-2 captioning as CapFilt runs it: `curation.models.captioners.
+PromptedCaptioner.generate` (per-image sampling streams, K caption rows per image) at OPT-2.7B
+sizes (Salesforce/blip2-opt-2.7b's architecture: ViT-g/14 at 224 px, Q-Former defaults,
+OPT-2.7B), bf16, prompt "a photo of", nucleus sampling (top_p 0.9), a fixed number of new
+tokens. Images are random pixel_values already on the device (preprocessing is small beside a
+3.8 B-parameter model).
 
 With `--check` it is what `bench/gpu_check.sh` runs (issue 14): three rows in one markdown table,
 
@@ -54,6 +54,7 @@ from transformers import (
     BertTokenizerFast,
     Blip2Config,
     Blip2ForConditionalGeneration,
+    Blip2Processor,
     BlipConfig,
     BlipForConditionalGeneration,
     BlipForImageTextRetrieval,
@@ -65,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from curation.config import CapFiltConfig  # noqa: E402
-from curation.models import blip, tiny  # noqa: E402
+from curation.models import blip, captioners, tiny  # noqa: E402
 
 BERT_VOCAB = 30_524  # BLIP's text vocabulary: bert-base-uncased's 30,522 + [DEC] + [ENC]
 # Salesforce/blip2-opt-2.7b: ViT-g/14 (EVA-CLIP) at 224 px, OPT-2.7B; Q-Former defaults.
@@ -85,7 +86,6 @@ OPT_2_7B = dict(
     word_embed_proj_dim=2560,
     vocab_size=50272,
 )
-BLIP2_IMAGE_TOKEN = 50265  # blip2-opt-2.7b's image_token_index
 TINY_BLIP2_VISION = dict(
     hidden_size=32,
     num_hidden_layers=2,
@@ -103,7 +103,7 @@ TINY_OPT = dict(
     num_attention_heads=2,
     ffn_dim=64,
     word_embed_proj_dim=32,
-    vocab_size=1000,
+    vocab_size=1200,  # the shipped tokenizer (1,130) and its "<image>"
     max_position_embeddings=128,
 )
 
@@ -368,8 +368,9 @@ def capfilt_row(plan: Plan, workdir: Path) -> Row:
 # --------------------------------------------------------------------------- BLIP-2
 
 
-def blip2_config(dry_run: bool) -> Blip2Config:
-    """blip2-opt-2.7b's architecture (or a tiny one of the same shape for the dry run)."""
+def blip2_config(dry_run: bool, image_token: int) -> Blip2Config:
+    """blip2-opt-2.7b's architecture (or a tiny one of the same shape for the dry run), its
+    image placeholder at `image_token`."""
     if dry_run:
         text = dict(TINY_OPT, model_type="opt")
         return Blip2Config(
@@ -377,39 +378,49 @@ def blip2_config(dry_run: bool) -> Blip2Config:
             qformer_config=TINY_QFORMER,
             text_config=text,
             num_query_tokens=4,
-            image_token_index=TINY_OPT["vocab_size"] - 1,
+            image_token_index=image_token,
         )
     return Blip2Config(
         vision_config=BLIP2_VISION,
         text_config=dict(OPT_2_7B, model_type="opt"),
-        image_token_index=BLIP2_IMAGE_TOKEN,
+        image_token_index=image_token,
     )
+
+
+def blip2_captioner(dry_run: bool) -> captioners.PromptedCaptioner:
+    """A random BLIP-2 as CapFilt's captioner, with the shipped tokenizer (ids it lacks decode
+    to nothing: the timing is the model's)."""
+    device, dtype = device_and_dtype(dry_run)
+    tokenizer, image_token = tiny.tokenizer_with_image_token(tiny.TOKENIZER_DIR)
+    config = blip2_config(dry_run, image_token)
+    model = build(Blip2ForConditionalGeneration, config, device, dtype, seed=2)
+    side = config.vision_config.image_size
+    image_processor = BlipImageProcessorPil(size={"height": side, "width": side})
+    processor = Blip2Processor(image_processor, tokenizer, config.num_query_tokens)
+    return captioners.PromptedCaptioner(model=model, processor=processor, family="blip-2")
 
 
 def blip2_rate(dry_run: bool, batch: int, batches: int, plan: Plan) -> float:
     """Images/s of `generate` over up to `batches` timed calls of `batch` images (warm-up first;
     fewer calls when `plan.blip2_budget_s` runs out, at least one)."""
-    device, dtype = device_and_dtype(dry_run)
-    model = build(Blip2ForConditionalGeneration, blip2_config(dry_run), device, dtype, seed=2)
-    side = model.config.vision_config.image_size
+    captioner = blip2_captioner(dry_run)
+    side = captioner.model.config.vision_config.image_size
     pixels = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(0))
-    pixels = pixels.to(device, dtype)
-    kwargs = dict(
-        do_sample=True,
-        top_k=0,
-        top_p=0.9,
-        num_return_sequences=plan.num_captions,
+    pixels = captioner.to_device(pixels)
+    sampling = CapFiltConfig(
+        num_captions=plan.num_captions,
+        prompt="a photo of",
         min_new_tokens=plan.new_tokens,
         max_new_tokens=plan.new_tokens,
-    )
-    with torch.inference_mode():
-        model.generate(pixel_values=pixels, **kwargs)  # warm-up, not timed
-        sync(device)
-        start, done = time.perf_counter(), 0
-        while done < batches and (not done or time.perf_counter() - start < plan.blip2_budget_s):
-            model.generate(pixel_values=pixels, **kwargs)
-            sync(device)
-            done += 1
+    ).sampling()
+    seeds = list(range(batch))
+    captioner.generate(pixels, sampling, seeds)  # warm-up, not timed
+    sync(captioner.device)
+    start, done = time.perf_counter(), 0
+    while done < batches and (not done or time.perf_counter() - start < plan.blip2_budget_s):
+        captioner.generate(pixels, sampling, seeds)
+        sync(captioner.device)
+        done += 1
     return batch * done / (time.perf_counter() - start)
 
 
@@ -417,7 +428,7 @@ def blip2_row(plan: Plan) -> Row:
     name = "BLIP-2 (tiny OPT)" if plan.dry_run else "BLIP-2 OPT-2.7B"
     row = Row(
         f"{name} captioning (K = {plan.num_captions}, {plan.new_tokens} new tokens, top_p 0.9): "
-        "Blip2ForConditionalGeneration.generate",
+        "PromptedCaptioner.generate",
         "images/s",
         plan.blip2_batch,
     )
