@@ -66,6 +66,11 @@ def test_a_captioner_that_cannot_serve_is_refused_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="at most 119") as err:  # 128 positions, 9 prompt
         captioners.check_captioner(str(folder), Sampling(max_new_tokens=120))
     assert "\n" not in str(err.value)
+    for name in ("processor_config.json", "tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()  # weights and config alone: nothing prepares the prompt
+    with pytest.raises(ConfigError, match="processor cannot prepare") as err:
+        captioners.check_captioner(str(folder), SAMPLING)
+    assert "\n" not in str(err.value)
 
 
 def test_a_dynamic_resolution_model_is_refused_in_one_line(tmp_path):

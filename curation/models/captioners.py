@@ -16,7 +16,7 @@ give (N, 3, H, W) pixel_values and every image the same prompt tokens (models wi
 per-image patch grids, e.g. Qwen2-VL or LLaVA-NeXT, are refused before any work).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -54,7 +54,14 @@ def check_captioner(id_or_dir: str, sampling: Sampling) -> None:
         blip.check_caption_length(*blip.captioner_text_limits(id_or_dir), sampling)
         return
     source = blip._resolve(id_or_dir)
-    inputs = prompt_inputs(AutoProcessor.from_pretrained(source), sampling.prompt, id_or_dir)
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+        inputs = prompt_inputs(processor, sampling.prompt, id_or_dir)
+    except (OSError, ValueError, TypeError, KeyError) as err:  # no processor, or not this kind
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(
+            f"captioner {id_or_dir!r}: its processor cannot prepare an image and a prompt ({first})"
+        ) from None
     text = AutoConfig.from_pretrained(source, local_files_only=True).get_text_config()
     positions = getattr(text, "max_position_embeddings", None)  # None: relative (T5)
     prompt = 0 if text.is_encoder_decoder else inputs["input_ids"].shape[1]
@@ -103,6 +110,7 @@ class PromptedCaptioner(blip.OnDevice):
     model: torch.nn.Module
     processor: object  # its AutoProcessor: image processor, tokenizer, chat template
     family: str  # the checkpoint's model_type ("blip-2", "llava", ...)
+    prompts: dict = field(default_factory=dict, repr=False)  # prompt -> `prompt_inputs`
 
     def to_device(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return pixel_values.to(self.device, self.dtype, non_blocking=True)
@@ -126,9 +134,10 @@ class PromptedCaptioner(blip.OnDevice):
         rows = len(keys)
         # Every row starts from the same prompt of the same length, so the sampler's step
         # (input_ids' length) counts generated tokens plus a constant, whatever the batch.
+        if sampling.prompt not in self.prompts:
+            self.prompts[sampling.prompt] = prompt_inputs(self.processor, sampling.prompt)
         text = {
-            k: v.to(self.device).expand(rows, -1)
-            for k, v in prompt_inputs(self.processor, sampling.prompt).items()
+            k: v.to(self.device).expand(rows, -1) for k, v in self.prompts[sampling.prompt].items()
         }
         pixels = self.to_device(pixel_values).repeat_interleave(num_captions, dim=0)
         sampler = blip.PerRowSampler(keys, sampling.top_p, self.device)
