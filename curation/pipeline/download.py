@@ -30,15 +30,36 @@ from curation.pipeline import safe_fetch
 
 GUARD_DIR = Path(__file__).resolve().parent / "_fetchguard"
 # The child dies with its parent (Linux prctl PR_SET_PDEATHSIG): a killed run must not leave a
-# downloader running on; the rerun downloads the shard again.
+# downloader running on; the rerun downloads the shard again. Its one img2dataset shard is
+# downloaded in the child itself: img2dataset (1.47, pinned) would spawn two more interpreters
+# that import it again, a pool of one for the shard and a process that prints its statistics
+# (each ~2.5 s: most of a small shard's time, and a pool worker would outlive a killed run).
+# The distributor's shard retries (`retrier`) are kept; the statistics stay in the output
+# folder's *_stats.json, which nobody prints.
 _IMG2DATASET = """
 import ctypes, json, os, signal, sys
 if sys.platform == "linux":
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != int(sys.argv[2]):  # the parent died before prctl took effect
         sys.exit(1)
-from img2dataset import download
-download(**json.loads(sys.argv[1]))
+import importlib
+from img2dataset.distributor import retrier
+main = importlib.import_module("img2dataset.main")  # the package's `main` is a function
+
+def in_this_process(processes_count, downloader, reader, _, max_shard_retry):
+    def run(shards):
+        return [row for status, row in map(downloader, shards) if status is False]
+    retrier(run, run(reader), max_shard_retry)
+
+class Quiet:
+    done_shards = set()
+    def start(self): pass
+    def join(self): pass
+    def terminate(self): pass
+
+main.multiprocessing_distributor = in_this_process
+main.LoggerProcess = lambda *args: Quiet()
+main.download(**json.loads(sys.argv[1]))
 """
 
 
