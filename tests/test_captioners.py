@@ -36,6 +36,8 @@ def test_k_captions_per_image_each_from_its_own_stream(captioner):
     assert captioner.generate(batch[2:3], SAMPLING, seed=[99]) != [together[2]]
     assert len({c for per in together for c in per}) > 6  # sampled, not one greedy caption
     assert captioner.generate(batch, Sampling(num_captions=0), seed=1) == [[]] * 4
+    empty = blip.preprocess(captioner.processor, [])  # a batch whose images all failed
+    assert empty.shape == (0, 3, 32, 32) and captioner.generate(empty, SAMPLING, []) == []
 
 
 def test_the_prompt_and_top_p_change_the_captions(captioner):

@@ -195,17 +195,17 @@ def check_caption_length(positions: int, tokenizer, sampling: Sampling) -> None:
 
 
 def preprocess(processor: BlipProcessor, pil_images: list[Image.Image]) -> torch.Tensor:
-    """RGB PIL images -> pixel_values (N, 3, H, W) float32 on CPU (runs in DataLoader workers).
+    """RGB PIL images -> pixel_values (N, 3, H, W) float32 on CPU (runs in DataLoader workers),
+    with the processor's image settings (any fixed-resolution model's).
 
     BLIP's preprocessing: bicubic resize to the model's square input, rescale to [0, 1],
     normalise with CLIP's mean/std.
     """
-    image_processor = processor.image_processor
-    if not pil_images:
-        size = image_processor.size
-        return torch.empty(0, 3, size["height"], size["width"])
-    pixel_values = image_processor(images=pil_images, return_tensors="pt")["pixel_values"]
-    return pixel_values.float()
+    if not pil_images:  # (0, 3, H, W) at the model's input size, whatever its size settings
+        probe = Image.new("RGB", (8, 8))
+        return preprocess(processor, [probe])[:0]
+    pixel_values = processor.image_processor(images=pil_images, return_tensors="pt")
+    return pixel_values["pixel_values"].float()
 
 
 def image_processor_config(processor: BlipProcessor) -> dict:
