@@ -8,12 +8,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from conftest import textured_image
 from PIL import Image
 
 from curation import schema
 from curation.config import DedupConfig
-from curation.pipeline import dedup, duplicates
+from curation.models.blip import preprocess
+from curation.pipeline import dedup, duplicates, steps
 from curation.pipeline.images import decode_image
 
 
@@ -122,6 +124,21 @@ def test_semantic_duplicates_by_embedding_cosine():
     got = removed(rows, DedupConfig(near_duplicates=False, semantic_threshold=0.95))
     assert list(got) == [0] and got[0][0] == "semantic_duplicate"
     assert got[0][1].startswith(f"copy of {schema.sample_key(1)} kept (cosine 1.000")
+
+
+def test_semdedup_without_a_scorer_embeds_with_the_filter_capfilt_loaded(tiny_models):
+    """No second copy of the filter's weights: the embedder is the loaded filter's ITC half,
+    and its embeddings are that model's own (BlipForImageTextRetrieval's vision_proj)."""
+    captioner_dir, filter_dir = map(str, tiny_models)
+    _, filt = steps.load_models(captioner_dir, filter_dir)
+    embedder = steps.load_embedder(filter_dir)
+    assert embedder.model is filt.model
+    pixels = preprocess(filt.processor, [textured_image(0, (40, 40))])
+    with torch.inference_mode():
+        hidden = filt.model.vision_model(pixel_values=pixels)[0][:, 0, :]
+        expected = torch.nn.functional.normalize(filt.model.vision_proj(hidden), dim=-1)
+    [got] = embedder.embed_images(pixels)
+    assert got == pytest.approx(expected[0].tolist(), abs=1e-6)
 
 
 # [dedup] setting -> (config that shows it, the change): each changes what is removed

@@ -188,8 +188,7 @@ def load_scorer(id_or_dir: str, device: torch.device, dtype: torch.dtype) -> Sco
     """
     kind = scorer_kind(id_or_dir)
     if kind == "blip_itc":
-        filt = models.load_filter(id_or_dir, device, dtype)
-        return BlipItcScorer(filt.model, filt.processor, BLIP_ITC_MAX_TOKENS)
+        return itc_scorer(models.load_filter(id_or_dir, device, dtype))
     model_class, processor_class, scorer_class = CONTRASTIVE[kind]
     source = models._resolve(id_or_dir)
     transformers_logging.disable_progress_bar()
@@ -249,3 +248,11 @@ def load_filter(id_or_dir: str, device: torch.device, dtype: torch.dtype):
     if kind == "blip_itc":
         return models.load_filter(id_or_dir, device, dtype)
     return ContrastiveFilter(load_scorer(id_or_dir, device, dtype), kind)
+
+
+def itc_scorer(filt) -> Scorer:
+    """A CapFilt filter's contrastive half as a Scorer, sharing its weights: BLIP's ITC
+    (texts cut at 35 tokens, as BLIP's code does), or the CLIP / SigLIP model itself."""
+    if isinstance(filt, ContrastiveFilter):
+        return filt.scorer
+    return BlipItcScorer(filt.model, filt.processor, BLIP_ITC_MAX_TOKENS)

@@ -62,9 +62,13 @@ def download_shard(run_dir: RunDir, shard: int, cfg: RunConfig) -> dict:
 def load_models(captioner_id: str, filter_id: str):
     """Each model once per process, whatever the number of shards."""
     device, dtype = models.pick_device()
-    captioner = captioners.load_captioner(captioner_id, device, dtype)
-    filt = scoring.load_filter(filter_id, device, dtype)
-    return captioner, filt
+    return captioners.load_captioner(captioner_id, device, dtype), load_filter(filter_id)
+
+
+@lru_cache(maxsize=2)
+def load_filter(filter_id: str):
+    """CapFilt's filter, once per process: shared by CapFilt and SemDeDup's embeddings."""
+    return scoring.load_filter(filter_id, *models.pick_device())
 
 
 @lru_cache(maxsize=1)
@@ -114,11 +118,10 @@ def load_selectors(scorer_id: str, metadata: str, casefold: bool):
     return scorer, select.load_matcher(cfg)
 
 
-@lru_cache(maxsize=1)
 def load_embedder(filter_id: str):
-    """The CapFilt filter as an ITC model: SemDeDup's image embeddings without a DFN scorer."""
-    device, dtype = models.pick_device()
-    return scoring.load_scorer(filter_id, device, dtype)
+    """The CapFilt filter as an ITC model (the same weights, not a second copy): SemDeDup's
+    image embeddings without a DFN scorer."""
+    return scoring.itc_scorer(load_filter(filter_id))
 
 
 def annotate_shard(run_dir: RunDir, shard: int, cfg: RunConfig) -> dict:
