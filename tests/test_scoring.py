@@ -246,7 +246,7 @@ def test_a_run_with_each_model_family_exports(
             if family == "clip"
             else torch.sigmoid(cosine * model.logit_scale.exp() + model.logit_bias)
         )
-        assert candidate["itm"] == pytest.approx(float(match), abs=1e-5)
+        assert candidate["itm"] == pytest.approx(float(match.detach()), abs=1e-5)
     notes = pa.concat_tables(pq.read_table(p) for p in (out / "annotations").glob("*.parquet"))
     assert notes["dfn"].null_count == 0 and notes["embedding"].null_count == 0
     kept = pa.concat_tables(pq.read_table(p) for p in (out / "shards").glob("*.parquet"))
