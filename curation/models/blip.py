@@ -298,11 +298,10 @@ class Captioner(_Loaded):
         if num_captions <= 0 or num_images == 0:  # K = 0: no copy to the device either
             return [[] for _ in range(num_images)]
         pixel_values = self.to_device(pixel_values)  # no-op when already there
-        seeds = [seed] * num_images if isinstance(seed, int) else list(seed)
         # (1, P): [CLS] .. [SEP]
         prompt_ids = self.tokenize([sampling.prompt], max_tokens=64)["input_ids"]
-        rows = num_images * num_captions  # image-major: image i's captions are rows i*K..i*K+K-1
-        keys = [(s, k) for s in seeds for k in range(num_captions)]
+        keys = caption_keys(num_images, num_captions, seed)
+        rows = len(keys)
         sampler = PerRowSampler(keys, sampling.top_p, self.device)
         text = self.model.config.text_config
         input_ids = prompt_ids.repeat(rows, 1)[:, :-1]  # drop [SEP]: the prompt is continued
@@ -339,6 +338,13 @@ class Captioner(_Loaded):
                 text = text[len(prompt_text) :].strip()
             captions.append(text)
         return captions
+
+
+def caption_keys(num_images: int, num_captions: int, seed: int | list[int]) -> list[tuple]:
+    """One (image seed, caption index) per caption row, image-major: image i's captions are
+    rows i*K .. i*K+K-1. `seed`: one per image, or an int for all."""
+    seeds = [seed] * num_images if isinstance(seed, int) else list(seed)
+    return [(s, k) for s in seeds for k in range(num_captions)]
 
 
 class PerRowSampler(LogitsProcessor):

@@ -129,8 +129,7 @@ class PromptedCaptioner(blip.OnDevice):
         num_images, num_captions = pixel_values.shape[0], sampling.num_captions
         if num_captions <= 0 or num_images == 0:
             return [[] for _ in range(num_images)]
-        seeds = [seed] * num_images if isinstance(seed, int) else list(seed)
-        keys = [(s, k) for s in seeds for k in range(num_captions)]  # image-major rows
+        keys = blip.caption_keys(num_images, num_captions, seed)
         rows = len(keys)
         # Every row starts from the same prompt of the same length, so the sampler's step
         # (input_ids' length) counts generated tokens plus a constant, whatever the batch.
