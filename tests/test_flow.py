@@ -175,12 +175,14 @@ def test_shard_steps_of_the_run_layout_are_the_pipelines():
     assert SHARD_STEPS == tuple(step.name for step in STEPS if step.per_shard)
 
 
-def test_stats_shows_balanced_funnel(curated_run, capsys):
+def test_stats_shows_balanced_funnel(curated_run, tiny_models, capsys):
     run_dir, _, _, _ = curated_run
     assert cli.main(["stats", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "input_rows" in out and "True" in out  # balanced = true
     assert "image_too_small" in out and "decode_error" in out and "synthetic" in out
+    captioner, filt = tiny_models
+    assert f"Models: captioner {captioner} (blip), filter {filt} (blip_itm)" in out
 
 
 def test_a_different_url_list_in_the_same_run_dir_is_refused(curated_run, tmp_path, capsys):

@@ -73,6 +73,18 @@ def progress(run: RunDir) -> str | None:
     return f"Run not finished; shards done per step: {done}. The numbers below cover those."
 
 
+def models_line(run: RunDir) -> str | None:
+    """The line "Models: captioner SOURCE (family), filter SOURCE (family)" of a finished run."""
+    models = run.read_json(run.manifest).get("models")
+    if not models:
+        return None
+    roles = [
+        f"{role} {models[role]} ({', '.join(models.get(f'{role}_family', [])) or '?'})"
+        for role in ("captioner", "filter")
+    ]
+    return "Models: " + ", ".join(roles)
+
+
 def report(run_dir: str | Path) -> str:
     """All sections as text."""
     con = sql.connect(run_dir)
@@ -85,6 +97,7 @@ def report(run_dir: str | Path) -> str:
             f"Retried downloads (--retry-failed, {len(attempts)} time(s)): "
             f"{retried} fetched again, {recovered} recovered"
         )
+    parts += [line] if (line := models_line(run)) else []
     parts += [f"ITM threshold: {calibration.describe(calibrated)}"] if calibrated else []
     for title, name, params in SECTIONS + selection_sections(run_dir):
         columns, rows = sql.query(con, name, **params)
