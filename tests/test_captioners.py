@@ -2,6 +2,9 @@
 the model continues) and LLaVA (a prompt through its chat template), and what is refused."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -91,3 +94,30 @@ def test_a_dynamic_resolution_model_is_refused_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="per-image inputs .*image_sizes") as err:
         captioners.check_captioner(str(folder), SAMPLING)
     assert "\n" not in str(err.value)
+
+
+def test_a_hub_id_loads_from_the_local_hugging_face_cache(tmp_path):
+    """The hub-id path, offline: a BLIP-2 checkpoint laid out as the Hugging Face cache keeps a
+    downloaded model (models--ORG--NAME/snapshots/REVISION, refs/main) is checked and loaded by
+    its id, in a child process that sees only that cache; an id not in it is refused."""
+    repo = tmp_path / "hub" / "models--capfilt-tests--tiny-blip2"
+    tiny.save_blip2_captioner(repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    script = (
+        "import torch\n"
+        "from curation.config import Sampling\n"
+        "from curation.models import blip, captioners\n"
+        "blip.check_model_source('capfilt-tests/tiny-blip2')\n"
+        "captioners.check_captioner('capfilt-tests/tiny-blip2', Sampling())\n"
+        "c = captioners.load_captioner('capfilt-tests/tiny-blip2', torch.device('cpu'), "
+        "torch.float32)\n"
+        "print(c.family, len(c.generate(torch.zeros(2, 3, 32, 32), Sampling(), [1, 2])[1]))\n"
+        "blip.check_model_source('capfilt-tests/not-cached')\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.stdout.splitlines() == ["blip-2 3"], done.stderr[-2000:]
+    assert "'capfilt-tests/not-cached' is neither a local folder nor in the local" in done.stderr

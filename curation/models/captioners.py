@@ -55,7 +55,7 @@ def check_captioner(id_or_dir: str, sampling: Sampling) -> None:
         return
     source = blip._resolve(id_or_dir)
     try:
-        processor = AutoProcessor.from_pretrained(source)
+        processor = AutoProcessor.from_pretrained(source, local_files_only=True)
         inputs = prompt_inputs(processor, sampling.prompt, id_or_dir)
     except (OSError, ValueError, TypeError, KeyError) as err:  # no processor, or not this kind
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
