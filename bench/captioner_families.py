@@ -56,7 +56,8 @@ def measure(name: str, folder: Path, args) -> str:
     )
     seeds = list(range(args.batch))
     ours = rate(lambda: captioner.generate(pixels, sampling, seeds), args.batch, args.repeats)
-    text = captioners.prompt_inputs(captioner.processor, sampling.prompt)
+    token = captioners.image_token(captioner.model.config)
+    text = captioners.prompt_inputs(captioner.processor, sampling.prompt, token)
     hf_inputs = {k: v.expand(args.batch, -1) for k, v in text.items()}
 
     def hf_generate():

@@ -43,6 +43,14 @@ def test_k_captions_per_image_each_from_its_own_stream(captioner):
     assert empty.shape == (0, 3, 32, 32) and captioner.generate(empty, SAMPLING, []) == []
 
 
+def test_the_captions_follow_the_image(captioner):
+    """Same seed, a black and a white image: the image reaches the decoder."""
+    black, white = (Image.new("RGB", (40, 30), (v, v, v)) for v in (0, 255))
+    pixels = blip.preprocess(captioner.processor, [black, white])
+    on_black, on_white = captioner.generate(pixels, SAMPLING, seed=[5, 5])
+    assert on_black != on_white
+
+
 def test_the_prompt_and_top_p_change_the_captions(captioner):
     batch = pixels(captioner, 2)
     base = captioner.generate(batch, SAMPLING, seed=[1, 2])
@@ -53,7 +61,9 @@ def test_the_prompt_and_top_p_change_the_captions(captioner):
 
 
 def test_blip2_places_its_query_tokens_and_llava_uses_its_chat_template(captioner):
-    ids = captioners.prompt_inputs(captioner.processor, "a picture of")["input_ids"][0].tolist()
+    token = captioners.image_token(captioner.model.config)
+    ids = captioners.prompt_inputs(captioner.processor, "a picture of", token)["input_ids"][0]
+    ids = ids.tolist()
     tokenizer = captioner.processor.tokenizer
     image = tokenizer.convert_tokens_to_ids("<image>")
     text = tokenizer.decode([i for i in ids if i != image], skip_special_tokens=True)
@@ -70,6 +80,12 @@ def test_a_captioner_that_cannot_serve_is_refused_in_one_line(tmp_path):
     captioners.check_captioner(str(folder), SAMPLING)
     with pytest.raises(ConfigError, match="at most 119") as err:  # 128 positions, 9 prompt
         captioners.check_captioner(str(folder), Sampling(max_new_tokens=120))
+    assert "\n" not in str(err.value)
+    settings = json.loads((folder / "processor_config.json").read_text())
+    del settings["num_query_tokens"]  # as older BLIP-2 processors were saved
+    (folder / "processor_config.json").write_text(json.dumps(settings))
+    with pytest.raises(ConfigError, match="would not see the image") as err:
+        captioners.check_captioner(str(folder), SAMPLING)
     assert "\n" not in str(err.value)
     for name in ("processor_config.json", "tokenizer.json", "tokenizer_config.json"):
         (folder / name).unlink()  # weights and config alone: nothing prepares the prompt
@@ -91,9 +107,9 @@ def test_a_dynamic_resolution_model_is_refused_in_one_line(tmp_path):
     )
     processor.save_pretrained(folder)
     assert json.loads((folder / "config.json").read_text())["model_type"] == "llava_next"
-    with pytest.raises(ConfigError, match="per-image inputs .*image_sizes") as err:
+    with pytest.raises(ConfigError, match="takes per-image inputs \\(image_sizes\\)") as err:
         captioners.check_captioner(str(folder), SAMPLING)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "cannot prepare" not in str(err.value)
 
 
 def test_a_hub_id_loads_from_the_local_hugging_face_cache(tmp_path):

@@ -4,10 +4,10 @@
   `[capfilt] prompt` ("a picture of", BLIP arXiv 2201.12086).
 - any other transformers image-text-to-text model that loads without remote code
   (`AutoModelForImageTextToText`: BLIP-2 `Blip2ForConditionalGeneration`, Li et al. 2023,
-  arXiv 2301.12597; InstructBLIP, LLaVA, PaliGemma, ...): `PromptedCaptioner`. The prompt goes
-  through the processor's chat template when it has one (then it is an instruction, e.g.
-  "Describe the image in one sentence."), else it is the text the model continues (BLIP-2's
-  captioning prompt: "a photo of").
+  arXiv 2301.12597; LLaVA-1.5, Liu et al. 2023, arXiv 2310.03744; both tested):
+  `PromptedCaptioner`. The prompt goes through the processor's chat template when it has one
+  (then it is an instruction, e.g. "Describe the image in one sentence."), else it is the
+  text the model continues (BLIP-2's captioning prompt: "a photo of").
 
 Every family samples alike: nucleus sampling (top_p), K captions per image, each image's
 captions from its own random stream (`blip.PerRowSampler`), so a caption does not depend on
@@ -26,7 +26,9 @@ from curation.config import ConfigError, Sampling
 from curation.models import blip
 
 # What a fixed-resolution model's processor returns for one image and one prompt.
+# InstructBLIP's Q-Former reads the prompt too.
 FIXED_INPUTS = {"input_ids", "attention_mask", "pixel_values", "token_type_ids"}
+FIXED_INPUTS |= {"qformer_input_ids", "qformer_attention_mask"}
 
 
 def family(id_or_dir: str) -> str:
@@ -48,21 +50,25 @@ def load_captioner(id_or_dir: str, device: torch.device, dtype: torch.dtype):
 
 def check_captioner(id_or_dir: str, sampling: Sampling) -> None:
     """Refuse, in one line and before any work, a captioner that cannot serve `sampling`:
-    a family no captioner loads, a model that needs per-image inputs, or a `max_new_tokens`
-    that does not fit its text positions. Reads config and processor files, no weights."""
+    a family no captioner loads, a model that needs per-image inputs or whose processor puts
+    no image tokens in the prompt, or a `max_new_tokens` that does not fit its text
+    positions. Reads config and processor files, no weights."""
     if family(id_or_dir) == "blip":
         blip.check_caption_length(*blip.captioner_text_limits(id_or_dir), sampling)
         return
     source = blip._resolve(id_or_dir)
+    config = AutoConfig.from_pretrained(source, local_files_only=True)
     try:
         processor = AutoProcessor.from_pretrained(source, local_files_only=True)
-        inputs = prompt_inputs(processor, sampling.prompt, id_or_dir)
+        inputs = prompt_inputs(processor, sampling.prompt, image_token(config), id_or_dir)
+    except ConfigError:
+        raise
     except (OSError, ValueError, TypeError, KeyError) as err:  # no processor, or not this kind
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(
             f"captioner {id_or_dir!r}: its processor cannot prepare an image and a prompt ({first})"
         ) from None
-    text = AutoConfig.from_pretrained(source, local_files_only=True).get_text_config()
+    text = config.get_text_config()
     positions = getattr(text, "max_position_embeddings", None)  # None: relative (T5)
     prompt = 0 if text.is_encoder_decoder else inputs["input_ids"].shape[1]
     if positions and prompt + sampling.max_new_tokens > positions:
@@ -73,32 +79,58 @@ def check_captioner(id_or_dir: str, sampling: Sampling) -> None:
         )
 
 
-def prompt_inputs(processor, prompt: str, name: str = "captioner") -> dict[str, torch.Tensor]:
+def image_token(config) -> int | None:
+    """The id of the placeholder a model's image features replace (None: it has none)."""
+    return getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
+
+
+def prompt_inputs(
+    processor, prompt: str, image_token_id: int | None, name: str = "captioner"
+) -> dict[str, torch.Tensor]:
     """The text inputs (1, L) every image shares: `prompt` through the processor's chat
     template (a user turn of the image and the prompt) when it has one, else as it is, and the
     processor places the image tokens (BLIP-2: before the prompt); a processor that wants them
     marked in the text gets its image token first, on a line of its own.
 
     Raises ConfigError (one line) for a processor that gives per-image inputs beyond
-    (N, 3, H, W) pixel_values (a dynamic-resolution model).
+    (N, 3, H, W) pixel_values (a dynamic-resolution model), or a prompt without the model's
+    `image_token_id` (a BLIP-2 processor saved without num_query_tokens: the model would
+    caption without seeing the image).
     """
+    special = True
     if getattr(processor, "chat_template", None):
         turn = [{"type": "image"}, {"type": "text", "text": prompt}]
         prompt = processor.apply_chat_template(
             [{"role": "user", "content": turn}], add_generation_prompt=True
         )
-    probe = Image.new("RGB", (64, 64), (127, 127, 127))  # any image: the resolution is fixed
-    try:  # BLIP-2's and PaliGemma's processors place the image tokens themselves
-        inputs = processor(images=[probe], text=[prompt], return_tensors="pt")
+        bos = getattr(processor.tokenizer, "bos_token", None)
+        special = not (bos and prompt.startswith(bos))  # the template wrote it: not twice
+    probe = [Image.new("RGB", (64, 64), (127, 127, 127))]  # any image: the resolution is fixed
+    try:  # BLIP-2's processor places the image tokens itself
+        inputs = processor(
+            images=probe, text=[prompt], add_special_tokens=special, return_tensors="pt"
+        )
     except ValueError:  # others want the image's place marked in the text: first, as LLaVA
         marked = f"{getattr(processor, 'image_token', '')}\n{prompt}"
-        inputs = processor(images=[probe], text=[marked], return_tensors="pt")
+        inputs = processor(
+            images=probe, text=[marked], add_special_tokens=special, return_tensors="pt"
+        )
+    inputs = {k: v for k, v in inputs.items() if k != "labels"}  # PaliGemma adds labels
     extra = sorted(set(inputs) - FIXED_INPUTS)
-    if extra or inputs["pixel_values"].dim() != 4:
-        shape = tuple(inputs["pixel_values"].shape)
+    pixels = inputs.get("pixel_values")
+    if extra or pixels is None or pixels.dim() != 4:
+        found = (
+            ", ".join(extra) or f"pixel_values {None if pixels is None else tuple(pixels.shape)}"
+        )
         raise ConfigError(
-            f"captioner {name!r} takes per-image inputs ({', '.join(extra) or shape}); "
+            f"captioner {name!r} takes per-image inputs ({found}); "
             "only fixed-resolution image-text-to-text models can caption here"
+        )
+    if image_token_id is not None and image_token_id not in inputs["input_ids"]:
+        raise ConfigError(
+            f"captioner {name!r}: its processor puts no image token (id {image_token_id}) in the "
+            "prompt, so the model would not see the image (a BLIP-2 processor needs "
+            "num_query_tokens)"
         )
     return {k: v for k, v in inputs.items() if k != "pixel_values"}
 
@@ -134,7 +166,8 @@ class PromptedCaptioner(blip.OnDevice):
         # Every row starts from the same prompt of the same length, so the sampler's step
         # (input_ids' length) counts generated tokens plus a constant, whatever the batch.
         if sampling.prompt not in self.prompts:
-            self.prompts[sampling.prompt] = prompt_inputs(self.processor, sampling.prompt)
+            token = image_token(self.model.config)
+            self.prompts[sampling.prompt] = prompt_inputs(self.processor, sampling.prompt, token)
         text = {
             k: v.to(self.device).expand(rows, -1) for k, v in self.prompts[sampling.prompt].items()
         }

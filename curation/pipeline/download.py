@@ -57,6 +57,8 @@ class Quiet:
     def join(self): pass
     def terminate(self): pass
 
+# img2dataset 1.47's names: a version without them fails the shard here, not slowly elsewhere
+assert callable(main.multiprocessing_distributor) and callable(main.LoggerProcess)
 main.multiprocessing_distributor = in_this_process
 main.LoggerProcess = lambda *args: Quiet()
 main.download(**json.loads(sys.argv[1]))
