@@ -210,7 +210,7 @@ def save_blip2_captioner(out_dir: str | Path, seed: int = 0, tokenizer_dir=TOKEN
     )
     image_processor = BlipImageProcessorPil(size={"height": TINY_SIDE, "width": TINY_SIDE})
     processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=4)
-    return _save(Blip2ForConditionalGeneration(_seeded(config, seed)), processor, out_dir)
+    return _save(Blip2ForConditionalGeneration, config, seed, processor, out_dir)
 
 
 def save_llava_captioner(out_dir: str | Path, seed: int = 0, tokenizer_dir=TOKENIZER_DIR) -> Path:
@@ -241,16 +241,13 @@ def save_llava_captioner(out_dir: str | Path, seed: int = 0, tokenizer_dir=TOKEN
         chat_template=LLAVA_CHAT_TEMPLATE,
         num_additional_image_tokens=1,  # CLIP's class token, dropped by the "default" strategy
     )
-    return _save(LlavaForConditionalGeneration(_seeded(config, seed)), processor, out_dir)
+    return _save(LlavaForConditionalGeneration, config, seed, processor, out_dir)
 
 
-def _seeded(config, seed: int):
-    torch.manual_seed(seed)  # the model built next from `config` is reproducible on its own
-    return config
-
-
-def _save(model: torch.nn.Module, processor, out_dir: str | Path) -> Path:
+def _save(model_class, config, seed: int, processor, out_dir: str | Path) -> Path:
+    """`model_class(config)` with random weights from `seed`, saved with its processor."""
+    torch.manual_seed(seed)  # each checkpoint reproducible on its own
     out = Path(out_dir)
-    model.eval().save_pretrained(out)  # safetensors by default
+    model_class(config).eval().save_pretrained(out)  # safetensors by default
     processor.save_pretrained(out)
     return out
